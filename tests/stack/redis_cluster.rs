@@ -29,8 +29,11 @@ fn node_cli(node: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-/// Masters by node id, from `CLUSTER NODES`, with the slot ranges each one serves.
-fn masters(seed: &str) -> HashMap<String, (String, Vec<(u16, u16)>)> {
+/// Masters by node id: address and the slot ranges each one serves.
+type Masters = HashMap<String, (String, Vec<(u16, u16)>)>;
+
+/// The masters, from `CLUSTER NODES`.
+fn masters(seed: &str) -> Masters {
     let mut out = HashMap::new();
     for line in node_cli(seed, &["cluster", "nodes"]).lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
@@ -54,7 +57,7 @@ fn masters(seed: &str) -> HashMap<String, (String, Vec<(u16, u16)>)> {
     out
 }
 
-fn owner(masters: &HashMap<String, (String, Vec<(u16, u16)>)>, slot: u16) -> (String, String) {
+fn owner(masters: &Masters, slot: u16) -> (String, String) {
     masters
         .iter()
         .find(|(_, (_, ranges))| ranges.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
