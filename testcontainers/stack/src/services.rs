@@ -76,8 +76,19 @@ impl Service {
         }
     }
 
+    /// The live pid of this service. A pid file whose process is gone, or whose pid now
+    /// belongs to another program (pids are reused after a reboot), counts as not running.
     pub fn pid(&self, spec: &StackSpec) -> Option<i32> {
-        running_pid(&self.pidfile(spec))
+        let pid = running_pid(&self.pidfile(spec))?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        let expected = match self {
+            Service::Broker => "nisshi",
+            Service::Registry => "serve-registry",
+            Service::Mongod => "mongod",
+            Service::Redis(_) => "redis-server",
+        };
+        cmdline.contains(expected).then_some(pid)
     }
 }
 
@@ -118,7 +129,7 @@ pub fn down(spec: &StackSpec, purge: bool) -> Result<Vec<(Service, bool)>, Stack
             Service::Mongod => Duration::from_secs(60),
             _ => Duration::from_secs(15),
         };
-        stopped.push((s, process::stop(&s.pidfile(spec), grace)));
+        stopped.push((s, stop_within(spec, s, grace)));
     }
     if purge {
         let dir = spec.dir();
@@ -151,12 +162,21 @@ pub async fn start(
 
 /// Stops one service (SIGTERM, then SIGKILL after a grace period).
 pub fn stop(spec: &StackSpec, service: Service) -> bool {
-    process::stop(&service.pidfile(spec), Duration::from_secs(30))
+    stop_within(spec, service, Duration::from_secs(30))
+}
+
+fn stop_within(spec: &StackSpec, service: Service, grace: Duration) -> bool {
+    if service.pid(spec).is_none() {
+        // Nothing of ours runs under that pid; never signal a stranger.
+        let _ = std::fs::remove_file(service.pidfile(spec));
+        return false;
+    }
+    process::stop(&service.pidfile(spec), grace)
 }
 
 /// Kills one service with SIGKILL, as a crash would.
 pub fn kill(spec: &StackSpec, service: Service) -> bool {
-    process::kill_hard(&service.pidfile(spec))
+    service.pid(spec).is_some() && process::kill_hard(&service.pidfile(spec))
 }
 
 fn unhealthy(spec: &StackSpec, service: Service, detail: impl fmt::Display) -> StackError {

@@ -1,0 +1,67 @@
+# The two commands a newcomer needs: `make run` and `make test`. Everything they depend on is
+# installed on first use (Debian packages via apt-get, the broker and mongod into
+# ~/.cache/eventpipe); see README.md.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+CARGO ?= cargo
+STACK := target/debug/stack
+PIPELINECTL := target/debug/pipelinectl
+
+# `make run` uses the default ports and a durable (sqlite) broker; `make test` a second stack
+# on ports shifted by 100 with an in-memory broker, so both can run side by side.
+RUN_STACK := --name default
+TEST_STACK := --name test --port-offset 100 --storage memory
+
+# Build dependencies of the -sys crates (bundled librdkafka with TLS/zstd, aws-lc) and the
+# Redis Cluster nodes.
+DEBIAN_PACKAGES := pkg-config libssl-dev zlib1g-dev libzstd-dev cmake redis-server redis-tools
+
+BINARIES := ingest-writer audit-writer aggregator cache-updater
+
+.PHONY: deps build run test stack-up stack-down stack-status test-stack-up test-stack-down \
+        lint fmt schemas-check clean-stacks
+
+deps:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; \
+	  done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  $$sudo apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+build: deps
+	$(CARGO) build --workspace --bins
+
+stack-up: build
+	$(STACK) up $(RUN_STACK) > target/stack.env
+	@cat target/stack.env
+
+stack-down:
+	$(STACK) down $(RUN_STACK)
+
+stack-status:
+	$(STACK) status $(RUN_STACK)
+
+test-stack-up: build
+	$(STACK) up $(TEST_STACK) > target/test-stack.env
+
+test-stack-down:
+	$(STACK) down --name test
+
+# Unit tests and the integration tests against the real local stack.
+test: test-stack-up
+	set -a; source target/test-stack.env; set +a; \
+	$(CARGO) test --workspace --no-fail-fast
+
+# The whole pipeline on the local stack until Ctrl-C.
+run: stack-up
+	set -a; source target/stack.env; set +a; \
+	./scripts/run-pipeline.sh
+
+lint: deps
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
