@@ -20,7 +20,7 @@ DEBIAN_PACKAGES := pkg-config libssl-dev zlib1g-dev libzstd-dev cmake redis-serv
 BINARIES := ingest-writer audit-writer aggregator cache-updater
 
 .PHONY: deps build run test stack-up stack-down stack-status test-stack-up test-stack-down \
-        lint fmt schemas-check clean-stacks
+        lint schemas-check
 
 deps:
 	@missing=$$(for p in $(DEBIAN_PACKAGES); do \
@@ -57,10 +57,25 @@ test: test-stack-up
 	set -a; source target/test-stack.env; set +a; \
 	$(CARGO) test --workspace --no-fail-fast
 
-# The whole pipeline on the local stack until Ctrl-C.
+# `make run`: the whole pipeline on the local stack until Ctrl-C. Sizes can be changed:
+# `make run RUN_EVENTS=1000000 RUN_RATE=5000`.
+RUN_EVENTS ?= 100000
+RUN_RATE ?= 2000
+
 run: stack-up
 	set -a; source target/stack.env; set +a; \
-	./scripts/run-pipeline.sh
+	$(PIPELINECTL) topics; \
+	$(PIPELINECTL) schemas; \
+	pids=(); \
+	for b in $(BINARIES); do target/debug/$$b --config pipelines/$$b.toml & pids+=($$!); done; \
+	trap 'kill -TERM "$${pids[@]}" 2>/dev/null || true; wait' EXIT; \
+	$(PIPELINECTL) produce --count $(RUN_EVENTS) --rate $(RUN_RATE) --duplicates 0.01 --out-of-order 0.02 --poison 0.001; \
+	echo "make run: producer finished; the consumers keep running until Ctrl-C (stack: make stack-status)"; \
+	wait
+
+# Each schema version can read every earlier one (BACKWARD_TRANSITIVE) and the samples match.
+schemas-check:
+	$(CARGO) test -p eventpipe-events schemas
 
 lint: deps
 	$(CARGO) fmt --all --check

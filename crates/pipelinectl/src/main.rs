@@ -1,13 +1,194 @@
 //! `pipelinectl`: tools for producers and operators of the event pipeline.
 
-use clap::{CommandFactory, Parser};
+use std::process::ExitCode;
 
-/// Tools for the event pipeline.
+use clap::{Args, Parser, Subcommand};
+use pipelinectl::generate::Options;
+use pipelinectl::produce::{self, Target};
+use pipelinectl::setup;
+
 #[derive(Parser)]
-#[command(version)]
-struct Cli {}
+#[command(version, about = "Tools for the event pipeline")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
 
-fn main() {
-    let _ = Cli::parse();
-    let _ = Cli::command().print_help();
+#[derive(Args, Clone)]
+struct Endpoints {
+    #[arg(
+        long,
+        env = "EVENTPIPE_KAFKA_BOOTSTRAP",
+        default_value = "127.0.0.1:9092"
+    )]
+    bootstrap_servers: String,
+    #[arg(
+        long,
+        env = "EVENTPIPE_SCHEMA_REGISTRY_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
+    schema_registry: String,
+    #[arg(long, default_value = "platform.events")]
+    platform_topic: String,
+    #[arg(long, default_value = "orders.events")]
+    orders_topic: String,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create the source topics and their `.dlq` and `.late` companions (existing ones are kept).
+    Topics {
+        #[command(flatten)]
+        endpoints: Endpoints,
+        #[arg(long, default_value_t = 6)]
+        partitions: i32,
+    },
+    /// Register every schema version in schemas/ under `<topic>-value`; prints the ids.
+    Schemas {
+        #[command(flatten)]
+        endpoints: Endpoints,
+    },
+    /// Register the schemas and publish realistic events.
+    Produce(ProduceArgs),
+}
+
+#[derive(Args)]
+struct ProduceArgs {
+    #[command(flatten)]
+    endpoints: Endpoints,
+    /// Records to publish (duplicates and poison records included).
+    #[arg(long, default_value_t = 10_000)]
+    count: u64,
+    /// Records per second; omit to publish as fast as the broker acknowledges.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Same seed and options, same records (keys, ids, values).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, default_value_t = 100)]
+    tenants: u32,
+    /// Zipf exponent of tenant popularity (0 = uniform).
+    #[arg(long, default_value_t = 1.1)]
+    zipf: f64,
+    /// Share of order events among all records.
+    #[arg(long, default_value_t = 0.3)]
+    orders_share: f64,
+    /// Share of records written with the v1 schemas.
+    #[arg(long, default_value_t = 0.3)]
+    v1_share: f64,
+    /// Share of records that re-send an earlier record.
+    #[arg(long, default_value_t = 0.0)]
+    duplicates: f64,
+    /// Share of order steps published before the previous version of the same order.
+    #[arg(long, default_value_t = 0.0)]
+    out_of_order: f64,
+    /// Share of malformed records, cycling through every poison class.
+    #[arg(long, default_value_t = 0.0)]
+    poison: f64,
+    /// Event time of the first record, ms since the epoch (default: 2026-01-01T00:00:00Z).
+    #[arg(long)]
+    start_time_ms: Option<i64>,
+    /// Event-time step between records, ms.
+    #[arg(long, default_value_t = 10)]
+    step_ms: i64,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn share(name: &str, v: f64) -> Result<f64, String> {
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("--{name} must be between 0 and 1, got {v}"))
+    }
+}
+
+async fn execute(cmd: Cmd) -> Result<(), String> {
+    match cmd {
+        Cmd::Topics {
+            endpoints: e,
+            partitions,
+        } => {
+            let mut topics = Vec::new();
+            for t in [&e.platform_topic, &e.orders_topic] {
+                topics.extend([t.clone(), format!("{t}.dlq"), format!("{t}.late")]);
+            }
+            setup::create_topics(&e.bootstrap_servers, &topics, partitions).await?;
+            println!("topics ready: {}", topics.join(", "));
+        }
+        Cmd::Schemas { endpoints: e } => {
+            let ids =
+                setup::register_schemas(&e.schema_registry, &e.platform_topic, &e.orders_topic)
+                    .await?;
+            println!(
+                "{}-value: v1 id {}, v2 id {}",
+                e.platform_topic, ids.platform[0], ids.platform[1]
+            );
+            println!(
+                "{}-value: v1 id {}, v2 id {}",
+                e.orders_topic, ids.order[0], ids.order[1]
+            );
+        }
+        Cmd::Produce(a) => {
+            let defaults = Options::default();
+            let opts = Options {
+                seed: a.seed,
+                tenants: a.tenants.max(1),
+                zipf_exponent: a.zipf,
+                orders_share: share("orders-share", a.orders_share)?,
+                v1_share: share("v1-share", a.v1_share)?,
+                duplicates: share("duplicates", a.duplicates)?,
+                out_of_order: share("out-of-order", a.out_of_order)?,
+                poison: share("poison", a.poison)?,
+                start_time_ms: a.start_time_ms.unwrap_or(defaults.start_time_ms),
+                step_ms: a.step_ms,
+            };
+            if a.rate.is_some_and(|r| r <= 0.0) {
+                return Err("--rate must be positive".to_owned());
+            }
+            let e = a.endpoints;
+            setup::create_topics(
+                &e.bootstrap_servers,
+                &[e.platform_topic.clone(), e.orders_topic.clone()],
+                6,
+            )
+            .await?;
+            let ids =
+                setup::register_schemas(&e.schema_registry, &e.platform_topic, &e.orders_topic)
+                    .await?;
+            let target = Target {
+                bootstrap: e.bootstrap_servers,
+                platform_topic: e.platform_topic,
+                orders_topic: e.orders_topic,
+                rate: a.rate,
+                count: a.count,
+                progress: !a.quiet,
+            };
+            let summary = produce::run(opts, ids, &target).await?;
+            print!("{summary}");
+            if summary.failed > 0 {
+                return Err(format!("{} records were not acknowledged", summary.failed));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match execute(Cli::parse().command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pipelinectl: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,12 @@
+//! `pipelinectl`'s library: what the command line and the tests share.
+//!
+//! # Layout
+//! - [`generate`]: a deterministic stream of realistic events (pure; same seed, same stream).
+//! - [`wire`]: turning generated records into Kafka records (schema ids, poison bytes).
+//! - [`setup`]: creating topics and registering the schemas.
+//! - [`produce`]: publishing at a target rate with the idempotent producer, with progress.
+
+pub mod generate;
+pub mod produce;
+pub mod setup;
+pub mod wire;
