@@ -161,3 +161,32 @@ enum Fetch {
     Transient(String),
     Permanent(FetchError),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unreachable_registry_is_retried_then_reported_unavailable() {
+        // A port nothing listens on: bind, take the port, close.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let registry =
+            SchemaRegistry::new(&format!("http://127.0.0.1:{port}")).with_retry(RetryPolicy {
+                attempts: 3,
+                first_backoff: Duration::from_millis(1),
+                max_backoff: Duration::from_millis(2),
+            });
+        match registry.writer_schema(7).await {
+            Err(FetchError::Unavailable { id, attempts, .. }) => assert_eq!((id, attempts), (7, 3)),
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+        // Failures are not cached: the next call tries again (and fails again here).
+        assert!(matches!(
+            registry.writer_schema(7).await,
+            Err(FetchError::Unavailable { attempts: 3, .. })
+        ));
+    }
+}
