@@ -457,20 +457,3 @@ pub async fn run(
         .await
         .map_err(|e| format!("server failed: {e}"))
 }
-
-/// A token cancelled on SIGINT or SIGTERM.
-pub fn cancel_on_signals() -> std::io::Result<CancellationToken> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let token = CancellationToken::new();
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let cancel = token.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        cancel.cancel();
-    });
-    Ok(token)
-}

@@ -22,4 +22,4 @@ pub mod http;
 pub mod journal;
 pub mod model;
 
-pub use http::{cancel_on_signals, router, run, serve, Registry};
+pub use http::{router, run, serve, Registry};

@@ -37,7 +37,7 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let result = match schema_registry_standin::cancel_on_signals() {
+    let result = match eventpipe_runtime::shutdown::on_signals() {
         Ok(shutdown) => {
             schema_registry_standin::run(
                 args.listen,

@@ -165,7 +165,7 @@ async fn execute(cmd: Cmd) -> Result<(), String> {
             bootstrap_servers,
             topic,
         } => {
-            let shutdown = schema_registry_standin::cancel_on_signals()
+            let shutdown = eventpipe_runtime::shutdown::on_signals()
                 .map_err(|e| format!("cannot install signal handlers: {e}"))?;
             schema_registry_standin::run(listen, Some(&bootstrap_servers), &topic, shutdown)
                 .await?;
