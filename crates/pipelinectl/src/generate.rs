@@ -321,6 +321,7 @@ impl Generator {
         } else {
             1
         };
+        let event_time = self.event_time();
         let mut out = Vec::new();
         for _ in 0..steps {
             let Some(order) = self.open_orders.get_mut(i) else {
@@ -343,7 +344,7 @@ impl Generator {
             e.version += 1;
             e.event_type = event_type.to_owned();
             e.status = status.to_owned();
-            e.event_time = self.opts.start_time_ms + self.index as i64 * self.opts.step_ms;
+            e.event_time = event_time;
             if cancel && was_paid {
                 e.refunded_minor = e.total_minor;
             }
