@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use eventpipe_events::model::Severity;
 use eventpipe_events::registry::SchemaRegistry;
@@ -13,8 +12,7 @@ use eventpipe_tests::{stack, topic};
 use pipelinectl::generate::{Body, Generator, Options, SchemaVersion};
 use pipelinectl::produce::{self, Target};
 use pipelinectl::setup;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 
 struct Topics {
     platform: String,
@@ -57,44 +55,10 @@ type Raw = (Option<Vec<u8>>, Option<Vec<u8>>);
 
 /// Every record of `topic`, partition by partition in offset order.
 fn read_all(topic: &str) -> Vec<Raw> {
-    let bootstrap = stack().kafka_bootstrap;
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        // Assignment needs a group id even though this reader never commits.
-        .set("group.id", eventpipe_tests::group())
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("metadata");
-    let partitions = md.topics()[0].partitions().len() as i32;
-    let mut out = Vec::new();
-    for p in 0..partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p, Duration::from_secs(10))
-            .expect("watermarks");
-        if high <= low {
-            continue;
-        }
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .expect("tpl");
-        consumer.assign(&tpl).expect("assign");
-        let mut next = low;
-        while next < high {
-            match consumer.poll(Duration::from_secs(10)) {
-                Some(Ok(m)) => {
-                    assert_eq!(m.offset(), next, "offsets in order");
-                    next += 1;
-                    out.push((m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec)));
-                }
-                Some(Err(e)) => panic!("consume error: {e}"),
-                None => panic!("partition {p} of {topic} stalled at {next} of {high}"),
-            }
-        }
-    }
-    out
+    eventpipe_tests::kafka::read_all(&stack().kafka_bootstrap, topic)
+        .into_iter()
+        .map(|m| (m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec)))
+        .collect()
 }
 
 fn registry() -> Arc<SchemaRegistry> {

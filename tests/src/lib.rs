@@ -6,6 +6,8 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+pub mod kafka;
+
 pub use local_stack::testing::{database, group, stack, topic, unique};
 
 /// Polls `check` until it yields `Some`, failing the test with `what` after `timeout`. Tests wait

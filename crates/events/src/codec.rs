@@ -15,7 +15,7 @@ use apache_avro::schema_compatibility::{Compatibility, SchemaCompatibility};
 use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
 
-use crate::model::Event;
+use crate::model::{AnyEvent, Event, OrderEvent, PlatformEvent};
 use crate::registry::{FetchError, SchemaRegistry};
 
 pub const MAGIC_BYTE: u8 = 0;
@@ -152,12 +152,20 @@ impl<T: Event> Decoder<T> {
                 key_field: self.key_field,
             })?;
         let (id, body) = split_header(payload.unwrap_or_default())?;
-        let writer = self.registry.writer_schema(id).await.map_err(|e| match e {
-            FetchError::NotFound(id) => DecodeError::UnknownSchemaId { id },
-            other => DecodeError::RegistryUnavailable(other),
-        })?;
-        self.check_resolvable(id, &writer)?;
-        let event: T = decode_body(id, &writer, T::reader_schema(), body)?;
+        let writer = writer_schema(&self.registry, id).await?;
+        self.decode_with(key, id, &writer, body)
+    }
+
+    /// Decodes a body whose header has been split off and whose writer schema is at hand.
+    fn decode_with(
+        &self,
+        key: &[u8],
+        id: u32,
+        writer: &Schema,
+        body: &[u8],
+    ) -> Result<Decoded<T>, DecodeError> {
+        self.check_resolvable(id, writer)?;
+        let event: T = decode_body(id, writer, T::reader_schema(), body)?;
         if event.key().as_bytes() != key {
             return Err(DecodeError::KeyMismatch {
                 key: String::from_utf8_lossy(key).into_owned(),
@@ -190,6 +198,73 @@ impl<T: Event> Decoder<T> {
                 event: T::NAME,
                 reason,
             })
+    }
+}
+
+async fn writer_schema(registry: &SchemaRegistry, id: u32) -> Result<Arc<Schema>, DecodeError> {
+    registry.writer_schema(id).await.map_err(|e| match e {
+        FetchError::NotFound(id) => DecodeError::UnknownSchemaId { id },
+        other => DecodeError::RegistryUnavailable(other),
+    })
+}
+
+/// Decodes records of any event type, choosing the type by the writer schema's full name, so a
+/// topic may carry more than one type and a binary may read several topics with one decoder.
+pub struct AnyDecoder {
+    registry: Arc<SchemaRegistry>,
+    platform: Decoder<PlatformEvent>,
+    order: Decoder<OrderEvent>,
+}
+
+impl AnyDecoder {
+    pub fn new(registry: Arc<SchemaRegistry>) -> Self {
+        Self {
+            platform: Decoder::new(registry.clone(), "tenant_id"),
+            order: Decoder::new(registry.clone(), "order_id"),
+            registry,
+        }
+    }
+
+    pub async fn decode(
+        &self,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+    ) -> Result<Decoded<AnyEvent>, DecodeError> {
+        let (id, body) = split_header(payload.unwrap_or_default())?;
+        let writer = writer_schema(&self.registry, id).await?;
+        let name = match writer.as_ref() {
+            Schema::Record(r) => r.name.fullname(None),
+            other => format!("{:?}", apache_avro::schema::SchemaKind::from(other)),
+        };
+        let key_of = |event: &'static str, key_field: &'static str| {
+            key.filter(|k| !k.is_empty())
+                .ok_or(DecodeError::MissingKey { event, key_field })
+        };
+        if name == PlatformEvent::NAME {
+            let key = key_of(PlatformEvent::NAME, self.platform.key_field)?;
+            let d = self.platform.decode_with(key, id, &writer, body)?;
+            Ok(Decoded {
+                event: AnyEvent::Platform(d.event),
+                schema_id: id,
+            })
+        } else if name == OrderEvent::NAME {
+            let key = key_of(OrderEvent::NAME, self.order.key_field)?;
+            let d = self.order.decode_with(key, id, &writer, body)?;
+            Ok(Decoded {
+                event: AnyEvent::Order(d.event),
+                schema_id: id,
+            })
+        } else {
+            Err(DecodeError::IncompatibleWriter {
+                id,
+                event: "any known event",
+                reason: format!(
+                    "writer schema is {name}; this pipeline reads {} and {}",
+                    PlatformEvent::NAME,
+                    OrderEvent::NAME
+                ),
+            })
+        }
     }
 }
 

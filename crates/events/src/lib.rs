@@ -17,5 +17,5 @@ pub mod model;
 pub mod registry;
 pub mod schemas;
 
-pub use codec::{DecodeError, Decoded, Decoder, ErrorClass};
-pub use model::{Event, OrderEvent, PlatformEvent};
+pub use codec::{AnyDecoder, DecodeError, Decoded, Decoder, ErrorClass};
+pub use model::{AnyEvent, Event, OrderEvent, PlatformEvent};

@@ -150,3 +150,27 @@ impl Event for OrderEvent {
         &self.order_id
     }
 }
+
+/// Either event, as decoded by [`crate::codec::AnyDecoder`] from the writer schema's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnyEvent {
+    Platform(PlatformEvent),
+    Order(OrderEvent),
+}
+
+impl AnyEvent {
+    pub fn tenant_id(&self) -> &str {
+        match self {
+            AnyEvent::Platform(e) => &e.tenant_id,
+            AnyEvent::Order(e) => &e.tenant_id,
+        }
+    }
+
+    /// Milliseconds since the epoch at which the event happened.
+    pub fn event_time(&self) -> i64 {
+        match self {
+            AnyEvent::Platform(e) => e.event_time,
+            AnyEvent::Order(e) => e.event_time,
+        }
+    }
+}

@@ -85,6 +85,10 @@ pub struct PipelineConfig<S> {
     #[serde(default)]
     pub batch: BatchConfig,
     #[serde(default)]
+    pub flow: FlowConfig,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]
     pub log: LogConfig,
@@ -104,6 +108,17 @@ pub struct ConsumerConfig {
     /// How long SIGTERM may take to flush and commit before the process gives up.
     #[serde(default = "default_shutdown_deadline_ms")]
     pub shutdown_deadline_ms: u64,
+    /// How often durable offsets are committed (asynchronously; revoke and shutdown commit
+    /// synchronously whatever the interval).
+    #[serde(default = "default_commit_interval_ms")]
+    pub commit_interval_ms: u64,
+    /// How long a revoke waits for the batch being written on a revoked partition before it
+    /// abandons it (the new owner re-reads it from the committed offset).
+    #[serde(default = "default_revoke_timeout_ms")]
+    pub revoke_timeout_ms: u64,
+    /// How often partition lag (records and seconds) is measured against the high watermark.
+    #[serde(default = "default_lag_interval_ms")]
+    pub lag_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -140,6 +155,47 @@ impl Default for BatchConfig {
             max_records: 1000,
             max_bytes: 4 << 20,
             max_age_ms: 250,
+        }
+    }
+}
+
+/// Backpressure: records fetched but not yet written are bounded per partition and in total.
+/// A partition over its bound is paused (fetching stops, the group membership does not) and
+/// resumed once it has drained to half of it; over the total bound every partition pauses.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FlowConfig {
+    pub partition_max_records: usize,
+    pub partition_max_bytes: usize,
+    pub max_records: usize,
+    pub max_bytes: usize,
+}
+
+impl Default for FlowConfig {
+    fn default() -> Self {
+        Self {
+            partition_max_records: 5_000,
+            partition_max_bytes: 16 << 20,
+            max_records: 50_000,
+            max_bytes: 128 << 20,
+        }
+    }
+}
+
+/// Transient failures (sink unreachable, registry down, DLQ not acknowledged) are retried
+/// forever with capped exponential backoff and jitter; the partition waits meanwhile.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            initial_backoff_ms: 100,
+            max_backoff_ms: 30_000,
         }
     }
 }
@@ -192,6 +248,18 @@ fn default_shutdown_deadline_ms() -> u64 {
     30_000
 }
 
+fn default_commit_interval_ms() -> u64 {
+    1_000
+}
+
+fn default_revoke_timeout_ms() -> u64 {
+    10_000
+}
+
+fn default_lag_interval_ms() -> u64 {
+    5_000
+}
+
 impl<S: Validate> Validate for PipelineConfig<S> {
     fn validate(&self) -> Result<(), Invalid> {
         if self.consumer.group_id.trim().is_empty() {
@@ -233,6 +301,40 @@ impl<S: Validate> Validate for PipelineConfig<S> {
         }
         if self.batch.max_bytes == 0 {
             return Err(Invalid::new("batch.max_bytes", "must be at least 1"));
+        }
+        for (key, value) in [
+            ("consumer.commit_interval_ms", self.consumer.commit_interval_ms),
+            ("consumer.lag_interval_ms", self.consumer.lag_interval_ms),
+            ("retry.initial_backoff_ms", self.retry.initial_backoff_ms),
+        ] {
+            if value == 0 {
+                return Err(Invalid::new(key, "must be at least 1"));
+            }
+        }
+        if self.retry.max_backoff_ms < self.retry.initial_backoff_ms {
+            return Err(Invalid::new(
+                "retry.max_backoff_ms",
+                "must not be below retry.initial_backoff_ms",
+            ));
+        }
+        if self.flow.partition_max_records < self.batch.max_records {
+            return Err(Invalid::new(
+                "flow.partition_max_records",
+                "must be at least batch.max_records, or batches never fill",
+            ));
+        }
+        if self.flow.max_records < self.flow.partition_max_records {
+            return Err(Invalid::new(
+                "flow.max_records",
+                "must be at least flow.partition_max_records",
+            ));
+        }
+        if self.flow.partition_max_bytes == 0 || self.flow.max_bytes < self.flow.partition_max_bytes
+        {
+            return Err(Invalid::new(
+                "flow.max_bytes",
+                "must be at least flow.partition_max_bytes, which must be at least 1",
+            ));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| Invalid::new("log.level", e.to_string()))?;

@@ -8,11 +8,12 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
+use crate::metrics as rt_metrics;
 
 /// Installs the global tracing subscriber. `RUST_LOG`, when set, wins over `log.level`.
 pub fn init_tracing(config: &LogConfig) {
@@ -52,9 +53,24 @@ struct AdminState {
 
 /// Installs the Prometheus recorder (once per process) and returns its handle.
 pub fn install_metrics_recorder() -> Result<PrometheusHandle, String> {
-    PrometheusBuilder::new()
+    let err = |e: metrics_exporter_prometheus::BuildError| {
+        format!("cannot install the Prometheus recorder: {e}")
+    };
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(rt_metrics::BATCH_RECORDS.to_owned()),
+            rt_metrics::BATCH_RECORDS_BUCKETS,
+        )
+        .map_err(err)?
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".to_owned()),
+            rt_metrics::SECONDS_BUCKETS,
+        )
+        .map_err(err)?
         .install_recorder()
-        .map_err(|e| format!("cannot install the Prometheus recorder: {e}"))
+        .map_err(err)?;
+    rt_metrics::describe();
+    Ok(handle)
 }
 
 /// Binds `listen` and serves the admin endpoints until `shutdown` fires. Returns the bound

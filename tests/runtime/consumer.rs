@@ -1,0 +1,636 @@
+//! The consumer runtime against the real broker and registry, driven through `probe-consumer`
+//! (the runtime with a sink that appends `topic partition offset` per written record): kill -9
+//! and restart, members joining and leaving, a stalled sink, poison records, SIGTERM.
+//!
+//! Ground truth is read from outside: the topics' watermarks, the group's committed offsets
+//! (by a client that does not join the group), the dead-letter topics, and the probe's file.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use eventpipe_runtime::dlq::header;
+use eventpipe_tests::kafka::{committed_offsets, high_watermarks, read_all};
+use eventpipe_tests::{group, stack, topic, wait_for};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use pipelinectl::generate::Options;
+use pipelinectl::produce::{self, Summary, Target};
+use pipelinectl::setup::{self, SchemaIds};
+use rdkafka::message::Headers;
+use rdkafka::Message;
+
+const PARTITIONS: i32 = 3;
+
+/// (topic, partition, offset)
+type Coord = (String, i32, i64);
+
+/// Fresh topics (with `.dlq` companions), registered schemas, a group and a scratch dir.
+struct Fixture {
+    platform: String,
+    orders: String,
+    group: String,
+    ids: SchemaIds,
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    async fn new() -> Self {
+        let s = stack();
+        let (platform, orders) = (topic(), topic());
+        let all: Vec<String> = [&platform, &orders]
+            .iter()
+            .flat_map(|t| [t.to_string(), format!("{t}.dlq")])
+            .collect();
+        setup::create_topics(&s.kafka_bootstrap, &all, PARTITIONS)
+            .await
+            .expect("topics");
+        let ids = setup::register_schemas(&s.schema_registry_url, &platform, &orders)
+            .await
+            .expect("schemas");
+        Self {
+            platform,
+            orders,
+            group: group(),
+            ids,
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn topics(&self) -> [&str; 2] {
+        [&self.platform, &self.orders]
+    }
+
+    async fn produce(&self, opts: Options, count: u64, rate: Option<f64>) -> Summary {
+        let target = Target {
+            bootstrap: stack().kafka_bootstrap,
+            platform_topic: self.platform.clone(),
+            orders_topic: self.orders.clone(),
+            rate,
+            count,
+            progress: false,
+        };
+        let summary = produce::run(opts, self.ids, &target)
+            .await
+            .expect("produced");
+        assert_eq!((summary.acked, summary.failed), (count, 0), "{summary}");
+        summary
+    }
+
+    /// Every offset of both source topics.
+    fn all_offsets(&self) -> BTreeSet<Coord> {
+        let bootstrap = stack().kafka_bootstrap;
+        let mut out = BTreeSet::new();
+        for t in self.topics() {
+            for (p, high) in high_watermarks(&bootstrap, t).into_iter().enumerate() {
+                out.extend((0..high).map(|o| (t.to_owned(), p as i32, o)));
+            }
+        }
+        out
+    }
+
+    /// The group's committed offset per (topic, partition).
+    fn committed(&self) -> BTreeMap<(String, i32), Option<i64>> {
+        let bootstrap = stack().kafka_bootstrap;
+        let mut out = BTreeMap::new();
+        for t in self.topics() {
+            for (p, c) in committed_offsets(&bootstrap, &self.group, t)
+                .into_iter()
+                .enumerate()
+            {
+                out.insert((t.to_owned(), p as i32), c);
+            }
+        }
+        out
+    }
+
+    /// Whether the group has committed the end of every partition.
+    fn caught_up(&self) -> bool {
+        let bootstrap = stack().kafka_bootstrap;
+        self.topics().iter().all(|t| {
+            let highs = high_watermarks(&bootstrap, t);
+            let committed = committed_offsets(&bootstrap, &self.group, t);
+            highs
+                .iter()
+                .zip(committed)
+                .all(|(h, c)| *h == 0 || c == Some(*h))
+        })
+    }
+
+    async fn wait_caught_up(&self, timeout: Duration) {
+        wait_for("the group to commit the end of every partition", timeout, || async {
+            self.caught_up().then_some(())
+        })
+        .await;
+    }
+
+    fn start(&self, name: &str, extra: &str) -> Probe {
+        Probe::start(self, name, extra)
+    }
+}
+
+/// A running `probe-consumer`.
+struct Probe {
+    child: Child,
+    admin: u16,
+    record_to: PathBuf,
+    log: PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+impl Probe {
+    fn start(f: &Fixture, name: &str, extra: &str) -> Probe {
+        let s = stack();
+        let admin = free_port();
+        let record_to = f.dir.path().join(format!("{name}.written"));
+        let log = f.dir.path().join(format!("{name}.log"));
+        let config = f.dir.path().join(format!("{name}.toml"));
+        let text = format!(
+            r#"
+[consumer]
+group_id = "{group}"
+topics = ["{platform}", "{orders}"]
+commit_interval_ms = 200
+lag_interval_ms = 300
+shutdown_deadline_ms = 20000
+revoke_timeout_ms = 5000
+
+[kafka]
+bootstrap_servers = "{bootstrap}"
+
+[kafka.properties]
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "1000"
+# Short, so that the stalled-sink test outlasts it.
+"max.poll.interval.ms" = "8000"
+
+[schema_registry]
+url = "{registry}"
+
+[batch]
+max_records = 500
+max_age_ms = 50
+
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[log]
+level = "info,eventpipe_runtime=debug"
+
+[sink]
+record_to = "{record_to}"
+{extra}
+"#,
+            group = f.group,
+            platform = f.platform,
+            orders = f.orders,
+            bootstrap = s.kafka_bootstrap,
+            registry = s.schema_registry_url,
+            record_to = record_to.display(),
+        );
+        std::fs::write(&config, text).expect("probe config");
+        let child = Command::new(env!("CARGO_BIN_EXE_probe-consumer"))
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("probe log"))
+            .spawn()
+            .expect("probe-consumer starts");
+        Probe {
+            child,
+            admin,
+            record_to,
+            log,
+        }
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    fn kill9(&mut self) {
+        kill(self.pid(), Signal::SIGKILL).expect("SIGKILL");
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then the exit status and how long the drain took.
+    async fn terminate(&mut self, timeout: Duration) -> (ExitStatus, Duration) {
+        let started = Instant::now();
+        kill(self.pid(), Signal::SIGTERM).expect("SIGTERM");
+        let status = wait_for("the probe to exit after SIGTERM", timeout, || {
+            let s = self.child.try_wait().expect("try_wait");
+            async move { s }
+        })
+        .await;
+        (status, started.elapsed())
+    }
+
+    fn written(&self) -> Vec<Coord> {
+        written(&self.record_to)
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn metrics(&self) -> Option<String> {
+        reqwest::get(format!("http://127.0.0.1:{}/metrics", self.admin))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()
+    }
+
+    /// Sum of a metric's samples whose line contains every one of `filters`.
+    async fn metric_sum(&self, name: &str, filters: &[&str]) -> Option<f64> {
+        let text = self.metrics().await?;
+        let mut found = None;
+        for line in text.lines() {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let base = series.split('{').next().unwrap_or_default();
+            if base == name && filters.iter().all(|f| series.contains(f)) {
+                if let Ok(v) = value.parse::<f64>() {
+                    *found.get_or_insert(0.0) += v;
+                }
+            }
+        }
+        found
+    }
+
+    async fn metric_max(&self, name: &str) -> Option<f64> {
+        let text = self.metrics().await?;
+        text.lines()
+            .filter(|l| l.split(['{', ' ']).next() == Some(name))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .reduce(f64::max)
+    }
+
+    fn rss_bytes(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("status");
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS");
+        kb * 1024
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn written(path: &Path) -> Vec<Coord> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split(' ');
+            Some((
+                it.next()?.to_owned(),
+                it.next()?.parse().ok()?,
+                it.next()?.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// Nothing below a committed offset is missing from `written`.
+fn assert_committed_never_passes_unwritten(
+    committed: &BTreeMap<(String, i32), Option<i64>>,
+    written: &BTreeSet<Coord>,
+) {
+    for ((t, p), c) in committed {
+        if let Some(c) = c {
+            for o in 0..*c {
+                assert!(
+                    written.contains(&(t.clone(), *p, o)),
+                    "{t}/{p} committed at {c} but offset {o} was never written"
+                );
+            }
+        }
+    }
+}
+
+fn duplicates(all: &[Coord]) -> usize {
+    all.len() - all.iter().collect::<BTreeSet<_>>().len()
+}
+
+fn plain(seed: u64) -> Options {
+    Options {
+        seed,
+        ..Options::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_stream_then_restart_loses_nothing() {
+    let f = Fixture::new().await;
+    f.produce(plain(21), 30_000, None).await;
+    let mut probe = f.start("a", "");
+    let kills = [3_000usize, 12_000, 20_000];
+    for (round, at) in kills.into_iter().enumerate() {
+        wait_for(
+            &format!("{at} records written before kill {round}"),
+            Duration::from_secs(90),
+            || {
+                let n = written(&probe.record_to).len();
+                async move { (n >= at).then_some(()) }
+            },
+        )
+        .await;
+        probe.kill9();
+        let committed = f.committed();
+        let got: BTreeSet<Coord> = written(&probe.record_to).into_iter().collect();
+        assert_committed_never_passes_unwritten(&committed, &got);
+        assert!(
+            committed.values().any(Option::is_some),
+            "something was committed before kill {round}"
+        );
+        // Restarting appends to the same file.
+        probe = f.start("a", "");
+    }
+    f.wait_caught_up(Duration::from_secs(120)).await;
+    let all = probe.written();
+    let got: BTreeSet<Coord> = all.iter().cloned().collect();
+    let expected = f.all_offsets();
+    let missing: Vec<_> = expected.difference(&got).take(5).collect();
+    assert!(missing.is_empty(), "never written: {missing:?}");
+    assert_eq!(got.len(), expected.len(), "only source offsets written");
+    // Redelivery after each kill is bounded by what was in flight.
+    assert!(
+        duplicates(&all) <= kills.len() * 6 * 5_000,
+        "{} duplicates",
+        duplicates(&all)
+    );
+    let (status, _) = probe.terminate(Duration::from_secs(30)).await;
+    assert!(status.success(), "clean exit after SIGTERM: {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_join_and_leave_during_the_stream_without_loss() {
+    let f = Fixture::new().await;
+    let producing = {
+        let target_count = 30_000;
+        let f_platform = f.platform.clone();
+        let f_orders = f.orders.clone();
+        let ids = f.ids;
+        tokio::spawn(async move {
+            let target = Target {
+                bootstrap: stack().kafka_bootstrap,
+                platform_topic: f_platform,
+                orders_topic: f_orders,
+                rate: Some(2_000.0),
+                count: target_count,
+                progress: false,
+            };
+            produce::run(plain(22), ids, &target).await.expect("produced")
+        })
+    };
+    let a = f.start("a", "");
+    let mut b = f.start("b", "");
+    let assigned = |p: &Probe| {
+        let p = p.admin;
+        async move {
+            let text = reqwest::get(format!("http://127.0.0.1:{p}/metrics"))
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            text.lines()
+                .find(|l| l.starts_with("eventpipe_assigned_partitions "))
+                .and_then(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        }
+    };
+    wait_for("a and b to share the partitions", Duration::from_secs(60), || async {
+        let (x, y) = (assigned(&a).await?, assigned(&b).await?);
+        (x > 0.0 && y > 0.0 && x + y == 6.0).then_some(())
+    })
+    .await;
+    let c = f.start("c", "");
+    wait_for("c to get partitions", Duration::from_secs(60), || async {
+        (assigned(&c).await? > 0.0).then_some(())
+    })
+    .await;
+    let (status, _) = b.terminate(Duration::from_secs(30)).await;
+    assert!(status.success(), "b left cleanly: {status}");
+    wait_for("a and c to hold every partition", Duration::from_secs(60), || async {
+        let (x, y) = (assigned(&a).await?, assigned(&c).await?);
+        (x + y == 6.0).then_some(())
+    })
+    .await;
+    let summary = producing.await.expect("producer task");
+    assert_eq!(summary.acked, 30_000);
+    f.wait_caught_up(Duration::from_secs(120)).await;
+
+    let mut all = a.written();
+    all.extend(b.written());
+    all.extend(c.written());
+    let got: BTreeSet<Coord> = all.iter().cloned().collect();
+    let expected = f.all_offsets();
+    let missing: Vec<_> = expected.difference(&got).take(5).collect();
+    assert!(missing.is_empty(), "never written: {missing:?}");
+    // Revoked partitions commit before they move, so only a batch abandoned mid-write could
+    // repeat; at most the in-flight window of the partitions that moved.
+    let dups = duplicates(&all);
+    assert!(dups <= 6 * 500, "{dups} duplicates exceed the in-flight window");
+    eprintln!("members test: {} records, {dups} duplicates", got.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_stalled_beyond_max_poll_interval_keeps_membership_and_memory() {
+    let f = Fixture::new().await;
+    let stall = f.dir.path().join("stall");
+    std::fs::write(&stall, "").expect("stall file");
+    f.produce(plain(23), 30_000, None).await;
+    let extra = format!(
+        r#"stall_file = "{}"
+
+[flow]
+partition_max_records = 1000
+max_records = 6000
+"#,
+        stall.display()
+    );
+    let mut probe = f.start("s", &extra);
+    wait_for("every partition paused by backpressure", Duration::from_secs(60), || async {
+        (probe.metric_sum("eventpipe_paused_partitions", &[]).await? == 6.0).then_some(())
+    })
+    .await;
+    let rss_before = probe.rss_bytes();
+    let stall_started = Instant::now();
+    f.produce(plain(24), 100_000, None).await;
+    let backlog = 130_000.0 - 6.0 * 1_000.0;
+    wait_for("lag to cover the backlog", Duration::from_secs(60), || async {
+        (probe.metric_sum("eventpipe_consumer_lag_records", &[]).await? >= backlog)
+            .then_some(())
+    })
+    .await;
+    // The stall must outlast max.poll.interval.ms (8 s in the probe's config).
+    wait_for("the stall to outlast max.poll.interval.ms", Duration::from_secs(60), || async {
+        let lag_s = probe.metric_max("eventpipe_consumer_lag_seconds").await?;
+        (stall_started.elapsed() > Duration::from_secs(10) && lag_s >= 9.0).then_some(())
+    })
+    .await;
+    let rss_during = probe.rss_bytes();
+    let in_flight = probe
+        .metric_sum("eventpipe_in_flight_records", &[])
+        .await
+        .expect("in-flight gauge");
+    assert!(in_flight <= 6_000.0 + 6.0, "in flight {in_flight} over the bound");
+    std::fs::remove_file(&stall).expect("release the stall");
+    f.wait_caught_up(Duration::from_secs(180)).await;
+    wait_for("lag to return to zero", Duration::from_secs(30), || async {
+        (probe.metric_sum("eventpipe_consumer_lag_records", &[]).await? == 0.0).then_some(())
+    })
+    .await;
+
+    let all = probe.written();
+    assert_eq!(duplicates(&all), 0, "a member that never left redelivers nothing");
+    assert_eq!(
+        all.iter().cloned().collect::<BTreeSet<_>>(),
+        f.all_offsets(),
+        "everything written after the stall"
+    );
+    let assigns = probe
+        .metric_sum("eventpipe_rebalances_total", &["kind=\"assign\""])
+        .await
+        .expect("rebalance counter");
+    assert_eq!(assigns, 1.0, "one assignment: the member never left the group");
+    let grown = rss_during.saturating_sub(rss_before);
+    eprintln!(
+        "stall test: RSS {} MiB before, {} MiB after 100k more records of backlog",
+        rss_before >> 20,
+        rss_during >> 20
+    );
+    assert!(
+        grown < 16 << 20,
+        "RSS grew by {} MiB while the backlog grew by 100k records",
+        grown >> 20
+    );
+    let (status, _) = probe.terminate(Duration::from_secs(30)).await;
+    assert!(status.success());
+    assert!(!probe.log_text().contains("max.poll.interval"), "no poll-interval expiry logged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_records_land_in_the_dlq_with_their_headers_and_the_partition_flows() {
+    let f = Fixture::new().await;
+    let opts = Options {
+        seed: 25,
+        poison: 0.03,
+        ..Options::default()
+    };
+    let summary = f.produce(opts, 4_000, None).await;
+    let mut probe = f.start("p", r#"reject_event_type = "security.alert""#);
+    f.wait_caught_up(Duration::from_secs(120)).await;
+    let (status, _) = probe.terminate(Duration::from_secs(30)).await;
+    assert!(status.success());
+
+    let bootstrap = stack().kafka_bootstrap;
+    let mut source: HashMap<Coord, rdkafka::message::OwnedMessage> = HashMap::new();
+    for t in f.topics() {
+        for m in read_all(&bootstrap, t) {
+            source.insert((t.to_owned(), m.partition(), m.offset()), m);
+        }
+    }
+    let mut by_reason: BTreeMap<String, u64> = BTreeMap::new();
+    let mut dead: BTreeSet<Coord> = BTreeSet::new();
+    for t in f.topics() {
+        for m in read_all(&bootstrap, &format!("{t}.dlq")) {
+            let h = |k: &str| -> Option<String> {
+                m.headers()?
+                    .iter()
+                    .find(|h| h.key == k)
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            };
+            assert_eq!(h(header::ERROR_CLASS).as_deref(), Some("permanent"));
+            assert_eq!(h(header::SOURCE_TOPIC).as_deref(), Some(t));
+            assert_eq!(
+                h(header::CONSUMER),
+                Some(format!("probe-consumer/{}", f.group))
+            );
+            assert!(h(header::SOURCE_TIMESTAMP).is_some());
+            assert!(h(header::ERROR_MESSAGE).is_some_and(|m| !m.is_empty()));
+            let reason = h(header::ERROR_REASON).expect("reason header");
+            let coord = (
+                t.to_owned(),
+                h(header::SOURCE_PARTITION).and_then(|v| v.parse().ok()).expect("partition"),
+                h(header::SOURCE_OFFSET).and_then(|v| v.parse().ok()).expect("offset"),
+            );
+            let original = source.get(&coord).expect("the source record exists");
+            assert_eq!(original.payload(), m.payload(), "payload kept at {coord:?}");
+            assert_eq!(original.key(), m.key(), "key kept at {coord:?}");
+            let has_id = h(header::SCHEMA_ID).is_some();
+            match reason.as_str() {
+                "missing_key" | "empty_value" | "bad_magic_byte" => assert!(!has_id, "{reason}"),
+                "unknown_schema_id" | "incompatible_writer_schema" | "malformed_body"
+                | "probe_rejected" => assert!(has_id, "{reason} carries the schema id"),
+                _ => {}
+            }
+            assert!(dead.insert(coord), "dead-lettered once");
+            *by_reason.entry(reason).or_default() += 1;
+        }
+    }
+    let rejected = by_reason.remove("probe_rejected").unwrap_or(0);
+    assert!(rejected > 0, "the sink rejected some security.alert events");
+    let expected: BTreeMap<String, u64> = summary
+        .poison
+        .iter()
+        .map(|(k, v)| (k.to_string(), *v))
+        .collect();
+    assert_eq!(by_reason, expected, "one dead letter per poison record, by class");
+    assert_eq!(expected.len(), 6, "all six poison classes produced");
+
+    let got: BTreeSet<Coord> = written(&probe.record_to).into_iter().collect();
+    assert!(got.is_disjoint(&dead), "nothing both written and dead-lettered");
+    let both: BTreeSet<Coord> = got.union(&dead).cloned().collect();
+    assert_eq!(both, f.all_offsets(), "every record written or dead-lettered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_commits_so_a_restart_redelivers_nothing_written() {
+    let f = Fixture::new().await;
+    f.produce(plain(26), 20_000, None).await;
+    let mut probe = f.start("t", "");
+    wait_for("some records written", Duration::from_secs(60), || {
+        let n = written(&probe.record_to).len();
+        async move { (n >= 3_000).then_some(()) }
+    })
+    .await;
+    let (status, took) = probe.terminate(Duration::from_secs(30)).await;
+    assert!(status.success(), "exit 0 after SIGTERM: {status}");
+    assert!(took < Duration::from_secs(20), "within the deadline: {took:?}");
+    let first = probe.written();
+    let committed = f.committed();
+    for (t, p, o) in &first {
+        let c = committed[&(t.clone(), *p)].expect("committed");
+        assert!(*o < c, "{t}/{p}@{o} written but not committed (committed {c})");
+    }
+    assert_committed_never_passes_unwritten(&committed, &first.iter().cloned().collect());
+
+    let mut probe = f.start("t", "");
+    f.wait_caught_up(Duration::from_secs(120)).await;
+    let (status, _) = probe.terminate(Duration::from_secs(30)).await;
+    assert!(status.success());
+    let all = probe.written();
+    assert_eq!(duplicates(&all), 0, "nothing written before SIGTERM came again");
+    assert_eq!(all.into_iter().collect::<BTreeSet<_>>(), f.all_offsets());
+}
