@@ -5,7 +5,9 @@
 //! - [`wire`]: turning generated records into Kafka records (schema ids, poison bytes).
 //! - [`setup`]: creating topics and registering the schemas.
 //! - [`produce`]: publishing at a target rate with the idempotent producer, with progress.
+//! - [`bench`]: benchmarks that print their rates, medians and ratios in one run.
 
+pub mod bench;
 pub mod generate;
 pub mod produce;
 pub mod setup;

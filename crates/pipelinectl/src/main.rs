@@ -50,6 +50,24 @@ enum Cmd {
     },
     /// Register the schemas and publish realistic events.
     Produce(ProduceArgs),
+    /// Benchmarks against the running stack; each prints its rates, medians and ratios.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Raw rdkafka consume+decode rate vs. the consumer runtime with a no-op sink.
+    Runtime {
+        #[command(flatten)]
+        endpoints: Endpoints,
+        /// Records in the backlog each reader consumes.
+        #[arg(long, default_value_t = 200_000)]
+        events: u64,
+        /// Runs of each reader (alternating); medians are reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
 }
 
 #[derive(Args)]
@@ -170,6 +188,20 @@ async fn execute(cmd: Cmd) -> Result<(), String> {
             if summary.failed > 0 {
                 return Err(format!("{} records were not acknowledged", summary.failed));
             }
+        }
+        Cmd::Bench(BenchCmd::Runtime {
+            endpoints: e,
+            events,
+            runs,
+        }) => {
+            let report = pipelinectl::bench::runtime(pipelinectl::bench::BenchArgs {
+                bootstrap: e.bootstrap_servers,
+                registry: e.schema_registry,
+                events,
+                runs: runs.max(1),
+            })
+            .await?;
+            print!("{report}");
         }
     }
     Ok(())

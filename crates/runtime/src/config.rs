@@ -159,25 +159,26 @@ impl Default for BatchConfig {
     }
 }
 
-/// Backpressure: records fetched but not yet written are bounded per partition and in total.
-/// A partition over its bound is paused (fetching stops, the group membership does not) and
-/// resumed once it has drained to half of it; over the total bound every partition pauses.
+/// Backpressure. Each partition has its own fetch queue in librdkafka, bounded by
+/// `queued.min.messages` and `queued.max.messages.kbytes` (per partition); a partition worker
+/// takes records from it only while it has room, one batch at a time. On top of that the
+/// records taken but not yet durable are bounded in total, and a partition whose sink write
+/// has taken longer than `pause_after_ms` is paused (fetching stops, the group membership
+/// does not) until the write returns.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FlowConfig {
-    pub partition_max_records: usize,
-    pub partition_max_bytes: usize,
     pub max_records: usize,
     pub max_bytes: usize,
+    pub pause_after_ms: u64,
 }
 
 impl Default for FlowConfig {
     fn default() -> Self {
         Self {
-            partition_max_records: 5_000,
-            partition_max_bytes: 16 << 20,
             max_records: 50_000,
             max_bytes: 128 << 20,
+            pause_after_ms: 1_000,
         }
     }
 }
@@ -303,7 +304,10 @@ impl<S: Validate> Validate for PipelineConfig<S> {
             return Err(Invalid::new("batch.max_bytes", "must be at least 1"));
         }
         for (key, value) in [
-            ("consumer.commit_interval_ms", self.consumer.commit_interval_ms),
+            (
+                "consumer.commit_interval_ms",
+                self.consumer.commit_interval_ms,
+            ),
             ("consumer.lag_interval_ms", self.consumer.lag_interval_ms),
             ("retry.initial_backoff_ms", self.retry.initial_backoff_ms),
         ] {
@@ -317,23 +321,16 @@ impl<S: Validate> Validate for PipelineConfig<S> {
                 "must not be below retry.initial_backoff_ms",
             ));
         }
-        if self.flow.partition_max_records < self.batch.max_records {
+        if self.flow.max_records < self.batch.max_records {
             return Err(Invalid::new(
-                "flow.partition_max_records",
+                "flow.max_records",
                 "must be at least batch.max_records, or batches never fill",
             ));
         }
-        if self.flow.max_records < self.flow.partition_max_records {
-            return Err(Invalid::new(
-                "flow.max_records",
-                "must be at least flow.partition_max_records",
-            ));
-        }
-        if self.flow.partition_max_bytes == 0 || self.flow.max_bytes < self.flow.partition_max_bytes
-        {
+        if self.flow.max_bytes < self.batch.max_bytes {
             return Err(Invalid::new(
                 "flow.max_bytes",
-                "must be at least flow.partition_max_bytes, which must be at least 1",
+                "must be at least batch.max_bytes, or batches never fill",
             ));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)

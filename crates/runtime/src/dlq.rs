@@ -42,9 +42,7 @@ impl RawRecord {
     /// What the record costs in memory while in flight, for backpressure.
     pub fn size(&self) -> usize {
         const OVERHEAD: usize = 96;
-        OVERHEAD
-            + self.key.as_ref().map_or(0, Vec::len)
-            + self.payload.as_ref().map_or(0, Vec::len)
+        OVERHEAD + self.key.as_ref().map_or(0, Vec::len) + self.payload.as_ref().map_or(0, Vec::len)
     }
 }
 
@@ -96,9 +94,17 @@ pub fn headers(record: &RawRecord, verdict: &Verdict, consumer: &str) -> OwnedHe
 /// Properties the dead-letter producer shares with the consumer: how to reach and
 /// authenticate to the cluster, not how to consume.
 pub(crate) fn is_connection_property(key: &str) -> bool {
-    ["security.", "ssl.", "sasl.", "socket.", "broker.", "client.", "reconnect."]
-        .iter()
-        .any(|p| key.starts_with(p))
+    [
+        "security.",
+        "ssl.",
+        "sasl.",
+        "socket.",
+        "broker.",
+        "client.",
+        "reconnect.",
+    ]
+    .iter()
+    .any(|p| key.starts_with(p))
         || key == "debug"
 }
 

@@ -43,7 +43,10 @@ pub enum Outcome {
     Skipped { reason: &'static str },
     /// The record itself is bad for this sink (the store refused the document, a validation
     /// rule failed): it goes to the dead-letter topic with `reason` and `detail`.
-    Rejected { reason: &'static str, detail: String },
+    Rejected {
+        reason: &'static str,
+        detail: String,
+    },
 }
 
 /// A failure of the whole batch.
@@ -52,7 +55,10 @@ pub enum SinkError {
     /// The store is unreachable, overloaded, electing a primary, moving a slot…: the batch is
     /// retried with backoff, never skipped.
     #[error("transient sink error ({reason}): {detail}")]
-    Transient { reason: &'static str, detail: String },
+    Transient {
+        reason: &'static str,
+        detail: String,
+    },
     /// Nothing will get better by retrying (authentication refused, bad configuration): the
     /// binary commits what is durable and exits non-zero.
     #[error("fatal sink error: {0}")]
@@ -78,4 +84,18 @@ pub trait Sink: Send + Sync + 'static {
 
     /// Whether the store is reachable, for `/readyz`.
     fn check(&self) -> impl Future<Output = Result<(), SinkError>> + Send;
+}
+
+/// A shared sink is a sink (the caller keeps a handle, e.g. to read what it counted).
+impl<T: Sink> Sink for Arc<T> {
+    fn write(
+        &self,
+        batch: &[Record],
+    ) -> impl Future<Output = Result<Vec<Outcome>, SinkError>> + Send {
+        T::write(self, batch)
+    }
+
+    fn check(&self) -> impl Future<Output = Result<(), SinkError>> + Send {
+        T::check(self)
+    }
 }

@@ -1,7 +1,10 @@
-//! In-flight accounting shared by the poll thread (which adds what it hands out) and the
-//! partition workers (which release what is durable), and the pure pause/resume rule.
+//! In-flight accounting: what partition workers have taken from their queues and not yet
+//! made durable, per partition and in total, plus the state the poll thread reads to commit,
+//! pause and measure lag.
 
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+
+use tokio::sync::Notify;
 
 use crate::config::FlowConfig;
 
@@ -31,6 +34,48 @@ impl InFlight {
     }
 }
 
+/// The total bound: workers take records only while there is room, and wait for a release
+/// otherwise.
+#[derive(Debug)]
+pub struct Gate {
+    pub in_flight: InFlight,
+    limits: FlowConfig,
+    released: Notify,
+}
+
+impl Gate {
+    pub fn new(limits: FlowConfig) -> Self {
+        Self {
+            in_flight: InFlight::default(),
+            limits,
+            released: Notify::new(),
+        }
+    }
+
+    pub fn has_room(&self) -> bool {
+        let (records, bytes) = self.in_flight.get();
+        records < self.limits.max_records && bytes < self.limits.max_bytes
+    }
+
+    pub fn release(&self, records: usize, bytes: usize) {
+        self.in_flight.release(records, bytes);
+        self.released.notify_waiters();
+    }
+
+    /// Returns once there is room (immediately if there is).
+    pub async fn room(&self) {
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if self.has_room() {
+                return;
+            }
+            released.await;
+        }
+    }
+}
+
 /// What the runtime knows about one assigned partition, shared between threads.
 #[derive(Debug)]
 pub struct PartitionState {
@@ -40,6 +85,8 @@ pub struct PartitionState {
     durable: AtomicI64,
     /// Kafka timestamp of the oldest record not yet durable, -1 when none is held.
     head_timestamp: AtomicI64,
+    /// When (ms since the epoch) the sink write under way started, -1 when none is.
+    writing_since: AtomicI64,
 }
 
 impl Default for PartitionState {
@@ -48,6 +95,7 @@ impl Default for PartitionState {
             in_flight: InFlight::default(),
             durable: AtomicI64::new(-1),
             head_timestamp: AtomicI64::new(-1),
+            writing_since: AtomicI64::new(-1),
         }
     }
 }
@@ -77,55 +125,54 @@ impl PartitionState {
         self.head_timestamp
             .store(ts.unwrap_or(-1), Ordering::Relaxed);
     }
+
+    pub fn writing_since(&self) -> Option<i64> {
+        Some(self.writing_since.load(Ordering::Relaxed)).filter(|t| *t >= 0)
+    }
+
+    pub fn set_writing_since(&self, since: Option<i64>) {
+        self.writing_since
+            .store(since.unwrap_or(-1), Ordering::Relaxed);
+    }
 }
 
-/// A partition is paused when it, or the whole consumer, holds as much as it may.
-pub fn over_limit(partition: (usize, usize), total: (usize, usize), limits: &FlowConfig) -> bool {
-    partition.0 >= limits.partition_max_records
-        || partition.1 >= limits.partition_max_bytes
-        || total.0 >= limits.max_records
-        || total.1 >= limits.max_bytes
-}
-
-/// …and resumed once both have drained to half, so it does not flap at the boundary.
-pub fn may_resume(partition: (usize, usize), total: (usize, usize), limits: &FlowConfig) -> bool {
-    partition.0 <= limits.partition_max_records / 2
-        && partition.1 <= limits.partition_max_bytes / 2
-        && total.0 <= limits.max_records / 2
-        && total.1 <= limits.max_bytes / 2
+/// Whether a partition should be paused: its write has been under way for `pause_after_ms`.
+/// It is resumed as soon as the write returns.
+pub fn should_pause(writing_since: Option<i64>, now: i64, pause_after_ms: u64) -> bool {
+    writing_since.is_some_and(|since| now - since >= pause_after_ms as i64)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn limits() -> FlowConfig {
-        FlowConfig {
-            partition_max_records: 100,
-            partition_max_bytes: 1000,
-            max_records: 300,
-            max_bytes: 3000,
-        }
+    #[test]
+    fn pauses_only_a_write_that_has_taken_long_enough() {
+        assert!(!should_pause(None, 10_000, 1_000));
+        assert!(!should_pause(Some(9_500), 10_000, 1_000));
+        assert!(should_pause(Some(9_000), 10_000, 1_000));
     }
 
-    #[test]
-    fn pauses_at_either_bound_of_partition_or_total() {
-        let l = limits();
-        assert!(!over_limit((99, 999), (299, 2999), &l));
-        assert!(over_limit((100, 0), (100, 0), &l));
-        assert!(over_limit((1, 1000), (1, 1000), &l));
-        assert!(over_limit((1, 1), (300, 1), &l));
-        assert!(over_limit((1, 1), (1, 3000), &l));
-    }
-
-    #[test]
-    fn resumes_only_below_half_of_every_bound() {
-        let l = limits();
-        assert!(may_resume((50, 500), (150, 1500), &l));
-        assert!(!may_resume((51, 0), (51, 0), &l));
-        assert!(!may_resume((0, 501), (0, 501), &l));
-        assert!(!may_resume((0, 0), (151, 0), &l));
-        assert!(!may_resume((0, 0), (0, 1501), &l));
+    #[tokio::test]
+    async fn the_gate_opens_when_records_are_released() {
+        let gate = std::sync::Arc::new(Gate::new(FlowConfig {
+            max_records: 10,
+            max_bytes: 1_000,
+            pause_after_ms: 1_000,
+        }));
+        gate.in_flight.add(10, 100);
+        assert!(!gate.has_room());
+        let waiter = tokio::spawn({
+            let gate = gate.clone();
+            async move { gate.room().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        gate.release(1, 10);
+        waiter.await.expect("waiter");
+        assert!(gate.has_room());
+        gate.in_flight.add(0, 910);
+        assert!(!gate.has_room(), "the byte bound counts too");
     }
 
     #[test]

@@ -55,7 +55,12 @@ pub(crate) fn run(
     }
 }
 
-fn lag_seconds(records: i64, head_timestamp: Option<i64>, behind_since: Option<i64>, now: i64) -> f64 {
+fn lag_seconds(
+    records: i64,
+    head_timestamp: Option<i64>,
+    behind_since: Option<i64>,
+    now: i64,
+) -> f64 {
     if records == 0 {
         return 0.0;
     }

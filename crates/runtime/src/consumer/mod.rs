@@ -8,10 +8,11 @@
 //! a sink that reports `Written` for a write that is not durable breaks it.
 //!
 //! # Shape
-//! - [`poller`]: one thread owns the group member: polls, hands records to partition workers,
-//!   pauses and resumes partitions, commits, handles rebalances.
-//! - [`partition`]: one task per assigned partition: batch, decode, write, dead-letter, retry.
-//! - [`flow`]: the in-flight bounds (backpressure) and durable offsets they share.
+//! - [`poller`]: one thread drives the group member: polls its main queue, pauses and resumes
+//!   partitions, commits, handles rebalances (splitting each assigned partition's queue off).
+//! - [`partition`]: one task per assigned partition, reading its own queue: batch, decode,
+//!   write, dead-letter, retry.
+//! - [`flow`]: the in-flight bound (backpressure) and the durable offsets they share.
 //! - [`lag`]: lag per partition, in records and seconds, on its own thread and client.
 
 mod flow;
@@ -33,7 +34,7 @@ use crate::config::PipelineConfig;
 use crate::dlq::DeadLetters;
 use crate::sink::Sink;
 
-use flow::InFlight;
+use flow::Gate;
 use partition::Shared;
 use poller::PipelineContext;
 
@@ -72,9 +73,13 @@ const DEFAULT_CONSUMER_PROPERTIES: &[(&str, &str)] = &[
     ("session.timeout.ms", "45000"),
     ("max.poll.interval.ms", "300000"),
     ("auto.offset.reset", "earliest"),
-    // librdkafka's own prefetch, per partition; the runtime's in-flight bounds sit on top.
-    ("queued.max.messages.kbytes", "8192"),
+    // librdkafka's prefetch, per partition (each has its own queue): what a partition may
+    // hold beyond the batch its worker is writing. When a queue is full librdkafka waits
+    // fetch.queue.backoff.ms before fetching it again; its default (1 s) idles a consumer that
+    // drains faster than that.
+    ("queued.max.messages.kbytes", "4096"),
     ("queued.min.messages", "10000"),
+    ("fetch.queue.backoff.ms", "20"),
 ];
 
 /// The consumer's librdkafka configuration: defaults, then the user's pass-through
@@ -129,8 +134,9 @@ pub async fn run<C, S: Sink>(ctx: &Context<C>, sink: S) -> Result<(), RunError> 
         dead_letters: Arc::new(dead_letters),
         batch: config.batch.clone(),
         retry: config.retry.clone(),
-        total: Arc::new(InFlight::default()),
+        gate: Arc::new(Gate::new(config.flow.clone())),
         fatal: fatal.clone(),
+        drain: CancellationToken::new(),
     });
     let context = PipelineContext::new(
         shared.clone(),
@@ -138,9 +144,12 @@ pub async fn run<C, S: Sink>(ctx: &Context<C>, sink: S) -> Result<(), RunError> 
         tokio::runtime::Handle::current(),
         Duration::from_millis(config.consumer.revoke_timeout_ms),
     );
-    let consumer: BaseConsumer<PipelineContext<S>> = consumer_config(config)
-        .create_with_context(context)
-        .map_err(|e| RunError::Setup(format!("cannot create the Kafka consumer: {e}")))?;
+    let consumer: Arc<BaseConsumer<PipelineContext<S>>> = Arc::new(
+        consumer_config(config)
+            .create_with_context(context)
+            .map_err(|e| RunError::Setup(format!("cannot create the Kafka consumer: {e}")))?,
+    );
+    let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
     let topics: Vec<&str> = config.consumer.topics.iter().map(String::as_str).collect();
     consumer
         .subscribe(&topics)
@@ -152,7 +161,14 @@ pub async fn run<C, S: Sink>(ctx: &Context<C>, sink: S) -> Result<(), RunError> 
     let lag_interval = Duration::from_millis(config.consumer.lag_interval_ms);
     let lag_thread = std::thread::Builder::new()
         .name("lag".into())
-        .spawn(move || lag::run(metadata, move || lag_view.assigned(), lag_interval, lag_stopped))
+        .spawn(move || {
+            lag::run(
+                metadata,
+                move || lag_view.assigned(),
+                lag_interval,
+                lag_stopped,
+            )
+        })
         .map_err(|e| RunError::Setup(format!("cannot start the lag thread: {e}")))?;
 
     let readiness = tokio::spawn(watch_readiness(
@@ -196,7 +212,13 @@ async fn check_topics<C>(
     dead_letters: &DeadLetters,
 ) -> Result<BaseConsumer, RunError> {
     let mut wanted: Vec<String> = config.consumer.topics.clone();
-    wanted.extend(config.consumer.topics.iter().map(|t| dead_letters.topic_for(t)));
+    wanted.extend(
+        config
+            .consumer
+            .topics
+            .iter()
+            .map(|t| dead_letters.topic_for(t)),
+    );
     tokio::task::spawn_blocking(move || {
         let found = metadata
             .fetch_metadata(None, Duration::from_secs(30))

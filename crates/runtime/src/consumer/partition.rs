@@ -1,11 +1,13 @@
-//! One task per assigned partition: gathers records into batches, decodes them, hands them to
-//! the sink, dead-letters what cannot be written, and only then moves the partition's durable
-//! offset — so a batch is the unit of progress and offsets never pass an unwritten record.
+//! One task per assigned partition: takes records from the partition's own librdkafka queue,
+//! gathers them into a batch, decodes it, hands it to the sink, dead-letters what cannot be
+//! written, and only then moves the partition's durable offset — so a batch is the unit of
+//! progress and offsets never pass an unwritten record.
 //!
-//! Records arrive in offset order and batches are written one after the other, which is what
-//! keeps a partition's effects in offset order. Transient failures are retried here, in place,
-//! for as long as it takes: the partition's in-flight bound fills up and the poll thread
-//! pauses it, so a slow or absent sink costs neither memory nor group membership.
+//! Records are taken in offset order and batches are written one after the other, which keeps
+//! a partition's effects in offset order. A worker takes no records while it writes, so a slow
+//! sink leaves records in librdkafka's per-partition queue (bounded by `queued.*`), and the
+//! poll thread pauses a partition whose write is taking long. Transient failures are retried
+//! in place for as long as it takes; nothing is skipped.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,24 +15,20 @@ use std::time::{Duration, Instant};
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use eventpipe_events::{AnyDecoder, ErrorClass};
 use metrics::{counter, histogram, Counter, Histogram};
-use tokio::sync::mpsc::error::TryRecvError;
+use rdkafka::consumer::base_consumer::PartitionQueue;
+use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Message};
 use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::flow::{InFlight, PartitionState};
+use super::flow::{Gate, PartitionState};
+use super::poller::PipelineContext;
 use super::Fatal;
 use crate::config::{BatchConfig, RetryConfig};
 use crate::dlq::{DeadLetters, RawRecord, Verdict};
 use crate::metrics as m;
 use crate::sink::{Outcome, Record, Sink, SinkError, Source};
-
-/// What the poll thread sends a worker.
-pub(crate) enum Input {
-    Record(RawRecord),
-    /// Write what has arrived without waiting for the batch to age, then stop (shutdown).
-    Drain,
-}
 
 /// Everything a worker shares with its siblings.
 pub(crate) struct Shared<S> {
@@ -39,31 +37,55 @@ pub(crate) struct Shared<S> {
     pub dead_letters: Arc<DeadLetters>,
     pub batch: BatchConfig,
     pub retry: RetryConfig,
-    pub total: Arc<InFlight>,
+    pub gate: Arc<Gate>,
     pub fatal: Arc<Fatal>,
+    /// Cancelled on shutdown: write what has been taken, take nothing more, stop.
+    pub drain: CancellationToken,
 }
 
-pub(crate) struct Worker<S> {
+pub(crate) struct Worker<S: Sink> {
     pub topic: Arc<str>,
     pub partition: i32,
-    pub input: UnboundedReceiver<Input>,
+    /// The partition's own queue, split off the consumer's.
+    pub queue: PartitionQueue<PipelineContext<S>>,
+    /// Signalled by librdkafka when `queue` becomes non-empty.
+    pub arrived: Arc<Notify>,
+    /// Records of this partition that reached the consumer's main queue before the split
+    /// took effect; they precede anything in `queue`.
+    pub early: UnboundedReceiver<RawRecord>,
     pub state: Arc<PartitionState>,
-    /// Cancelled when the partition is revoked: the batch being written is finished, the rest
-    /// is left for the next owner.
+    /// Cancelled when the partition is revoked: the batch being written is finished, nothing
+    /// more is taken.
     pub revoked: CancellationToken,
     pub shared: Arc<Shared<S>>,
-    /// Dropped when the worker ends (returns or is aborted), which is how the poll thread
-    /// learns it is gone.
+    /// A record taken from `early` while waiting, handled before anything else.
+    pub pushed_back: Option<RawRecord>,
+    /// Dropped when the worker ends (returns or is aborted), after the queue, which is how the
+    /// poll thread learns it is gone.
     pub _done: std::sync::mpsc::Sender<()>,
 }
 
-impl<S> Drop for Worker<S> {
+impl<S: Sink> Drop for Worker<S> {
     /// Whatever the partition still held (abandoned on revoke or shutdown) no longer counts
     /// against the consumer's total.
     fn drop(&mut self) {
         let (records, bytes) = self.state.in_flight.get();
         self.state.in_flight.release(records, bytes);
-        self.shared.total.release(records, bytes);
+        self.shared.gate.release(records, bytes);
+        self.state.set_writing_since(None);
+    }
+}
+
+/// Copies a fetched record out of librdkafka's buffer.
+pub(crate) fn raw_record(message: &BorrowedMessage<'_>, topic: &Arc<str>) -> RawRecord {
+    RawRecord {
+        topic: topic.clone(),
+        partition: message.partition(),
+        offset: message.offset(),
+        timestamp: message.timestamp().to_millis(),
+        key: message.key().map(<[u8]>::to_vec),
+        payload: message.payload().map(<[u8]>::to_vec),
+        headers: message.headers().map(BorrowedHeaders::detach),
     }
 }
 
@@ -80,6 +102,14 @@ struct Meters {
     write_seconds: Histogram,
 }
 
+/// What the gathering step ended with.
+enum Gathered {
+    /// Write the batch (full, aged, or the total bound reached), then go on.
+    Flush,
+    /// Write the batch, then stop (shutdown).
+    Last,
+}
+
 impl<S: Sink> Worker<S> {
     pub async fn run(mut self) {
         let meters = Meters {
@@ -88,57 +118,17 @@ impl<S: Sink> Worker<S> {
             batch_records: histogram!(m::BATCH_RECORDS, "topic" => self.topic.to_string()),
             write_seconds: histogram!(m::SINK_WRITE_SECONDS, "topic" => self.topic.to_string()),
         };
-        let max_records = self.shared.batch.max_records;
-        let max_bytes = self.shared.batch.max_bytes;
-        let max_age = Duration::from_millis(self.shared.batch.max_age_ms);
-        let mut pending: Vec<RawRecord> = Vec::with_capacity(max_records);
-        let mut pending_bytes = 0usize;
-        let mut deadline: Option<tokio::time::Instant> = None;
-        let mut draining = false;
+        let mut pending: Vec<RawRecord> = Vec::with_capacity(self.shared.batch.max_records);
         loop {
-            // Gather: take what is queued without waiting, then wait for more only while the
-            // batch is neither full nor old.
-            while !draining && pending.len() < max_records && pending_bytes < max_bytes {
-                let next = match self.input.try_recv() {
-                    Ok(input) => Some(input),
-                    Err(TryRecvError::Disconnected) => None,
-                    Err(TryRecvError::Empty) => {
-                        let waited = match deadline {
-                            Some(at) => tokio::select! {
-                                biased;
-                                _ = self.revoked.cancelled() => return,
-                                input = self.input.recv() => Ok(input),
-                                _ = tokio::time::sleep_until(at) => Err(()),
-                            },
-                            None => tokio::select! {
-                                biased;
-                                _ = self.revoked.cancelled() => return,
-                                input = self.input.recv() => Ok(input),
-                            },
-                        };
-                        match waited {
-                            Ok(input) => input,
-                            Err(()) => break,
-                        }
-                    }
-                };
-                match next {
-                    Some(Input::Record(record)) => {
-                        if pending.is_empty() {
-                            deadline = Some(tokio::time::Instant::now() + max_age);
-                            self.state.set_head_timestamp(record.timestamp.or(Some(super::now_ms())));
-                        }
-                        pending_bytes += record.size();
-                        pending.push(record);
-                    }
-                    Some(Input::Drain) | None => draining = true,
-                }
-            }
+            let Some(gathered) = self.gather(&mut pending).await else {
+                return;
+            };
             if !pending.is_empty() {
-                let batch = std::mem::replace(&mut pending, Vec::with_capacity(max_records));
-                let bytes = std::mem::take(&mut pending_bytes);
-                deadline = None;
-                match self.flush(batch, bytes, &meters).await {
+                let batch = std::mem::replace(
+                    &mut pending,
+                    Vec::with_capacity(self.shared.batch.max_records),
+                );
+                match self.flush(batch, &meters).await {
                     Ok(()) => {}
                     Err(Stop::Revoked) => return,
                     Err(Stop::Fatal(message)) => {
@@ -147,14 +137,103 @@ impl<S: Sink> Worker<S> {
                     }
                 }
             }
-            if draining || self.revoked.is_cancelled() {
+            if matches!(gathered, Gathered::Last) || self.revoked.is_cancelled() {
                 return;
             }
         }
     }
 
+    /// Takes records into `pending` until the batch is full or old enough, or the total bound
+    /// is reached. `None`: the partition was revoked (pending records are abandoned).
+    async fn gather(&mut self, pending: &mut Vec<RawRecord>) -> Option<Gathered> {
+        let max_records = self.shared.batch.max_records;
+        let max_bytes = self.shared.batch.max_bytes;
+        let mut bytes: usize = pending.iter().map(RawRecord::size).sum();
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            if self.revoked.is_cancelled() {
+                return None;
+            }
+            if self.shared.drain.is_cancelled() {
+                return Some(Gathered::Last);
+            }
+            if pending.len() >= max_records || bytes >= max_bytes {
+                return Some(Gathered::Flush);
+            }
+            if !self.shared.gate.has_room() {
+                if !pending.is_empty() {
+                    return Some(Gathered::Flush);
+                }
+                tokio::select! {
+                    biased;
+                    _ = self.revoked.cancelled() => return None,
+                    _ = self.shared.drain.cancelled() => return Some(Gathered::Last),
+                    _ = self.shared.gate.room() => continue,
+                }
+            }
+            if let Some(record) = self.take() {
+                if pending.is_empty() {
+                    deadline = Some(
+                        tokio::time::Instant::now()
+                            + Duration::from_millis(self.shared.batch.max_age_ms),
+                    );
+                    self.state
+                        .set_head_timestamp(record.timestamp.or(Some(super::now_ms())));
+                }
+                self.state.init_durable(record.offset);
+                let size = record.size();
+                self.state.in_flight.add(1, size);
+                self.shared.gate.in_flight.add(1, size);
+                bytes += size;
+                pending.push(record);
+                continue;
+            }
+            // Nothing queued: wait for a record, the batch's age, or a stop.
+            let arrived = self.arrived.clone();
+            let aged = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = self.revoked.cancelled() => return None,
+                _ = self.shared.drain.cancelled() => return Some(Gathered::Last),
+                _ = arrived.notified() => {}
+                early = self.early.recv() => {
+                    if let Some(record) = early {
+                        // Put it back in front by handling it on the next turn.
+                        self.pushed_back = Some(record);
+                    }
+                }
+                _ = aged => return Some(Gathered::Flush),
+            }
+        }
+    }
+
+    /// The next record of the partition, if one is queued.
+    fn take(&mut self) -> Option<RawRecord> {
+        if let Some(record) = self.pushed_back.take() {
+            return Some(record);
+        }
+        if let Ok(record) = self.early.try_recv() {
+            return Some(record);
+        }
+        loop {
+            match self.queue.poll(Duration::ZERO) {
+                Some(Ok(message)) => return Some(raw_record(&message, &self.topic)),
+                Some(Err(e)) => {
+                    tracing::warn!(topic = %self.topic, partition = self.partition, error = %e, "partition queue error");
+                }
+                None => return None,
+            }
+        }
+    }
+
     /// Decodes, writes and dead-letters one batch, then makes it durable.
-    async fn flush(&self, batch: Vec<RawRecord>, bytes: usize, meters: &Meters) -> Result<(), Stop> {
+    async fn flush(&self, batch: Vec<RawRecord>, meters: &Meters) -> Result<(), Stop> {
+        let bytes: usize = batch.iter().map(RawRecord::size).sum();
         let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
             return Ok(());
         };
@@ -167,7 +246,10 @@ impl<S: Sink> Worker<S> {
             last_offset,
             records = batch.len()
         );
-        async {
+        // From here until the batch is durable the partition takes nothing; past
+        // `flow.pause_after_ms` the poll thread pauses its fetching.
+        self.state.set_writing_since(Some(super::now_ms()));
+        let result = async {
             meters.consumed.increment(batch.len() as u64);
             meters.batch_records.record(batch.len() as f64);
             let (records, mut dead) = self.decode(&batch).await;
@@ -200,20 +282,19 @@ impl<S: Sink> Worker<S> {
             self.state.advance_durable(last_offset + 1);
             self.state.set_head_timestamp(None);
             self.state.in_flight.release(batch.len(), bytes);
-            self.shared.total.release(batch.len(), bytes);
+            self.shared.gate.release(batch.len(), bytes);
             tracing::debug!("batch durable");
             Ok(())
         }
         .instrument(span)
-        .await
+        .await;
+        self.state.set_writing_since(None);
+        result
     }
 
     /// Decodes every record; those that cannot be decoded come back as dead letters. A
     /// registry outage is waited out, not dead-lettered.
-    async fn decode(
-        &self,
-        batch: &[RawRecord],
-    ) -> (Vec<(usize, Record)>, Vec<(usize, Verdict)>) {
+    async fn decode(&self, batch: &[RawRecord]) -> (Vec<(usize, Record)>, Vec<(usize, Verdict)>) {
         let mut records = Vec::with_capacity(batch.len());
         let mut dead = Vec::new();
         for (index, raw) in batch.iter().enumerate() {
@@ -308,9 +389,9 @@ impl<S: Sink> Worker<S> {
         let mut backoff = self.backoff();
         let mut remaining = dead;
         while !remaining.is_empty() {
-            let sends = remaining.iter().map(|(index, verdict)| {
-                self.shared.dead_letters.send(&batch[*index], verdict)
-            });
+            let sends = remaining
+                .iter()
+                .map(|(index, verdict)| self.shared.dead_letters.send(&batch[*index], verdict));
             let results = futures::future::join_all(sends).await;
             let mut failed = Vec::new();
             for ((index, verdict), result) in remaining.into_iter().zip(results) {

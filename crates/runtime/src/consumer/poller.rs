@@ -1,24 +1,25 @@
-//! The poll thread: the only place that talks to the group member. It polls without pause
-//! (so `max.poll.interval.ms` never expires, however slow the sink), hands records to the
-//! partition workers, pauses and resumes partitions by the in-flight bounds, commits durable
-//! offsets, and runs the rebalance callbacks, which on revoke wait for the revoked partitions'
-//! workers and commit synchronously before the partitions are given up.
+//! The poll thread: the only place that drives the group member. It polls the consumer's main
+//! queue without pause (so `max.poll.interval.ms` never expires, however slow the sink),
+//! pauses partitions whose write is taking long and resumes them when it returns, commits
+//! durable offsets, and runs the rebalance callbacks: on assign it splits each partition's
+//! queue off and starts its worker; on revoke it waits for the revoked partitions' workers and
+//! commits synchronously before the partitions are given up.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use metrics::{counter, gauge};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use super::flow::{self, PartitionState};
-use super::partition::{Input, Shared, Worker};
+use super::partition::{raw_record, Shared, Worker};
 use crate::config::FlowConfig;
 use crate::dlq::RawRecord;
 use crate::metrics as m;
@@ -27,7 +28,8 @@ use crate::sink::Sink;
 /// The poll thread's handle on one partition's worker.
 struct Partition {
     topic: Arc<str>,
-    input: tokio::sync::mpsc::UnboundedSender<Input>,
+    /// Hands the worker records that reached the main queue (fetched before the split).
+    early: tokio::sync::mpsc::UnboundedSender<RawRecord>,
     state: Arc<PartitionState>,
     revoked: CancellationToken,
     done: std::sync::mpsc::Receiver<()>,
@@ -52,7 +54,7 @@ type Partitions = HashMap<String, HashMap<i32, Partition>>;
 pub(crate) type Assigned = Vec<(Arc<str>, i32, Arc<PartitionState>)>;
 
 /// librdkafka's callbacks (rebalance, commit, errors) land here, on the poll thread.
-pub(crate) struct PipelineContext<S> {
+pub(crate) struct PipelineContext<S: Sink> {
     pub shared: Arc<Shared<S>>,
     pub flow: FlowConfig,
     pub runtime: tokio::runtime::Handle,
@@ -60,9 +62,12 @@ pub(crate) struct PipelineContext<S> {
     partitions: Mutex<Partitions>,
     /// Set once the first assignment arrived: the member has joined its group.
     pub joined: AtomicBool,
+    /// The consumer itself, to split partition queues off it on assignment (weak: the
+    /// consumer owns this context).
+    pub consumer: OnceLock<Weak<BaseConsumer<PipelineContext<S>>>>,
 }
 
-impl<S> PipelineContext<S> {
+impl<S: Sink> PipelineContext<S> {
     pub fn new(
         shared: Arc<Shared<S>>,
         flow: FlowConfig,
@@ -76,6 +81,7 @@ impl<S> PipelineContext<S> {
             revoke_timeout,
             partitions: Mutex::new(HashMap::new()),
             joined: AtomicBool::new(false),
+            consumer: OnceLock::new(),
         }
     }
 
@@ -86,7 +92,10 @@ impl<S> PipelineContext<S> {
     pub fn assigned(&self) -> Assigned {
         self.partitions()
             .values()
-            .flat_map(|ps| ps.iter().map(|(p, h)| (h.topic.clone(), *p, h.state.clone())))
+            .flat_map(|ps| {
+                ps.iter()
+                    .map(|(p, h)| (h.topic.clone(), *p, h.state.clone()))
+            })
             .collect()
     }
 }
@@ -121,21 +130,18 @@ fn is_fatal(code: RDKafkaErrorCode) -> bool {
 
 impl<S: Sink> ConsumerContext for PipelineContext<S> {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            counter!(m::REBALANCES, "kind" => "revoke").increment(1);
-            let lost = consumer.assignment_lost();
-            self.revoke(consumer, tpl, lost);
-        }
-    }
-
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
+            Rebalance::Revoke(tpl) => {
+                counter!(m::REBALANCES, "kind" => "revoke").increment(1);
+                let lost = consumer.assignment_lost();
+                self.revoke(consumer, tpl, lost);
+            }
+            // Before librdkafka starts fetching, so every record lands in the split queue.
             Rebalance::Assign(tpl) => {
                 counter!(m::REBALANCES, "kind" => "assign").increment(1);
                 self.assign(tpl);
                 self.joined.store(true, Ordering::Relaxed);
             }
-            Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => tracing::error!(error = %e, "rebalance failed"),
         }
     }
@@ -163,33 +169,57 @@ impl<S: Sink> ConsumerContext for PipelineContext<S> {
 
 impl<S: Sink> PipelineContext<S> {
     fn assign(&self, tpl: &TopicPartitionList) {
+        let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) else {
+            tracing::error!("assignment while the consumer is going away; ignored");
+            return;
+        };
         let mut partitions = self.partitions();
         for e in tpl.elements() {
             let slot = partitions.entry(e.topic().to_owned()).or_default();
             if slot.contains_key(&e.partition()) {
                 continue;
             }
+            let Some(mut queue) = consumer.split_partition_queue(e.topic(), e.partition()) else {
+                self.shared.fatal.raise(format!(
+                    "cannot split the queue of {}/{} off the consumer",
+                    e.topic(),
+                    e.partition()
+                ));
+                continue;
+            };
+            let arrived = Arc::new(tokio::sync::Notify::new());
+            queue.set_nonempty_callback({
+                let arrived = arrived.clone();
+                move || arrived.notify_one()
+            });
             let topic: Arc<str> = e.topic().into();
             let state = Arc::new(PartitionState::default());
-            let (input, rx) = tokio::sync::mpsc::unbounded_channel();
+            let (early, early_rx) = tokio::sync::mpsc::unbounded_channel();
             let (done_tx, done) = std::sync::mpsc::channel();
             let revoked = CancellationToken::new();
             let worker = Worker {
                 topic: topic.clone(),
                 partition: e.partition(),
-                input: rx,
+                queue,
+                arrived,
+                early: early_rx,
                 state: state.clone(),
                 revoked: revoked.clone(),
                 shared: self.shared.clone(),
+                pushed_back: None,
                 _done: done_tx,
             };
             let task = self.runtime.spawn(worker.run());
-            tracing::info!(topic = e.topic(), partition = e.partition(), "partition assigned");
+            tracing::info!(
+                topic = e.topic(),
+                partition = e.partition(),
+                "partition assigned"
+            );
             slot.insert(
                 e.partition(),
                 Partition {
                     topic,
-                    input,
+                    early,
                     state,
                     revoked,
                     done,
@@ -265,7 +295,11 @@ fn offsets_to_commit<'a>(
     (tpl.count() > 0).then_some(tpl)
 }
 
-fn commit_sync<C: ConsumerContext>(consumer: &BaseConsumer<C>, tpl: &TopicPartitionList, why: &str) {
+fn commit_sync<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    tpl: &TopicPartitionList,
+    why: &str,
+) {
     match consumer.commit(tpl, CommitMode::Sync) {
         Ok(()) => {
             counter!(m::COMMITS, "mode" => "sync", "result" => "ok").increment(1);
@@ -282,7 +316,7 @@ fn commit_sync<C: ConsumerContext>(consumer: &BaseConsumer<C>, tpl: &TopicPartit
 /// what it holds, commits, and leaves the group (by dropping the consumer) — all within
 /// `deadline` of the shutdown request.
 pub(crate) fn run<S: Sink>(
-    consumer: BaseConsumer<PipelineContext<S>>,
+    consumer: Arc<BaseConsumer<PipelineContext<S>>>,
     shutdown: CancellationToken,
     commit_interval: Duration,
     deadline: Duration,
@@ -291,14 +325,14 @@ pub(crate) fn run<S: Sink>(
     let mut next_commit = Instant::now() + commit_interval;
     while !shutdown.is_cancelled() {
         match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(message)) => dispatch(&ctx, &consumer, &message),
+            Some(Ok(message)) => hand_over_early(&ctx, &message),
             Some(Err(e)) => {
                 counter!(m::KAFKA_ERRORS, "code" => format!("{:?}", e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Unknown))).increment(1);
                 tracing::warn!(error = %e, "consumer error");
             }
             None => {}
         }
-        resume_drained(&ctx, &consumer);
+        pause_slow_writers(&ctx, &consumer);
         if Instant::now() >= next_commit {
             next_commit = Instant::now() + commit_interval;
             learn_start_positions(&ctx, &consumer);
@@ -311,70 +345,64 @@ pub(crate) fn run<S: Sink>(
     drop(consumer);
 }
 
-fn dispatch<S: Sink>(
-    ctx: &PipelineContext<S>,
-    consumer: &BaseConsumer<PipelineContext<S>>,
-    message: &BorrowedMessage<'_>,
-) {
-    let mut partitions = ctx.partitions();
-    let Some(p) = partitions
-        .get_mut(message.topic())
-        .and_then(|ps| ps.get_mut(&message.partition()))
-    else {
-        tracing::debug!(topic = message.topic(), partition = message.partition(), "record for a partition no longer assigned; left for its owner");
-        return;
-    };
-    let record = RawRecord {
-        topic: p.topic.clone(),
-        partition: message.partition(),
-        offset: message.offset(),
-        timestamp: message.timestamp().to_millis(),
-        key: message.key().map(<[u8]>::to_vec),
-        payload: message.payload().map(<[u8]>::to_vec),
-        headers: message.headers().map(BorrowedHeaders::detach),
-    };
-    let size = record.size();
-    let offset = record.offset;
-    p.state.init_durable(offset);
-    p.state.in_flight.add(1, size);
-    ctx.shared.total.add(1, size);
-    if p.input.send(Input::Record(record)).is_err() {
-        // The worker is gone (fatal error, shutdown under way); the record stays unwritten
-        // and uncommitted.
-        p.state.in_flight.release(1, size);
-        ctx.shared.total.release(1, size);
-        return;
-    }
-    if !p.paused && flow::over_limit(p.state.in_flight.get(), ctx.shared.total.get(), &ctx.flow) {
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(message.topic(), message.partition());
-        match consumer.pause(&tpl) {
-            Ok(()) => {
-                p.paused = true;
-                tracing::debug!(topic = message.topic(), partition = message.partition(), "paused: in-flight bound reached");
+/// A record on the main queue was fetched before its partition's queue was split off; it
+/// goes to the worker ahead of everything in the split queue. Dropping it would lose it: the
+/// consumer's position has already moved past it.
+fn hand_over_early<S: Sink>(ctx: &PipelineContext<S>, message: &BorrowedMessage<'_>) {
+    let partitions = ctx.partitions();
+    match partitions
+        .get(message.topic())
+        .and_then(|ps| ps.get(&message.partition()))
+    {
+        Some(p) => {
+            if p.early.send(raw_record(message, &p.topic)).is_err() {
+                tracing::debug!(
+                    topic = message.topic(),
+                    partition = message.partition(),
+                    "worker gone; record left uncommitted"
+                );
             }
-            Err(e) => tracing::warn!(error = %e, "cannot pause partition"),
         }
+        None => tracing::debug!(
+            topic = message.topic(),
+            partition = message.partition(),
+            "record for a partition no longer assigned; left for its owner"
+        ),
     }
 }
 
-fn resume_drained<S: Sink>(ctx: &PipelineContext<S>, consumer: &BaseConsumer<PipelineContext<S>>) {
+/// Pauses the partitions whose write has taken longer than `flow.pause_after_ms` (librdkafka
+/// stops fetching them) and resumes those whose write has returned.
+fn pause_slow_writers<S: Sink>(
+    ctx: &PipelineContext<S>,
+    consumer: &BaseConsumer<PipelineContext<S>>,
+) {
+    let now = super::now_ms();
     let mut partitions = ctx.partitions();
-    let total = ctx.shared.total.get();
-    let mut tpl = TopicPartitionList::new();
+    let mut pause = TopicPartitionList::new();
+    let mut resume = TopicPartitionList::new();
     let mut paused = 0;
     for (topic, ps) in partitions.iter_mut() {
-        for (partition, p) in ps.iter_mut().filter(|(_, p)| p.paused) {
-            if flow::may_resume(p.state.in_flight.get(), total, &ctx.flow) {
-                tpl.add_partition(topic, *partition);
+        for (partition, p) in ps.iter_mut() {
+            let slow = flow::should_pause(p.state.writing_since(), now, ctx.flow.pause_after_ms);
+            if slow && !p.paused {
+                pause.add_partition(topic, *partition);
+                p.paused = true;
+            } else if !slow && p.paused {
+                resume.add_partition(topic, *partition);
                 p.paused = false;
-            } else {
-                paused += 1;
             }
+            paused += usize::from(p.paused);
         }
     }
-    if tpl.count() > 0 {
-        if let Err(e) = consumer.resume(&tpl) {
+    if pause.count() > 0 {
+        tracing::debug!(partitions = ?pause, "pausing: sink write under way for too long");
+        if let Err(e) = consumer.pause(&pause) {
+            tracing::warn!(error = %e, "cannot pause partitions");
+        }
+    }
+    if resume.count() > 0 {
+        if let Err(e) = consumer.resume(&resume) {
             tracing::warn!(error = %e, "cannot resume partitions");
         }
     }
@@ -402,7 +430,9 @@ fn learn_start_positions<S: Sink>(
     for e in positions.elements() {
         if let (Offset::Offset(o), Some(p)) = (
             e.offset(),
-            partitions.get(e.topic()).and_then(|ps| ps.get(&e.partition())),
+            partitions
+                .get(e.topic())
+                .and_then(|ps| ps.get(&e.partition())),
         ) {
             if p.state.in_flight.get().0 == 0 {
                 p.state.init_durable(o);
@@ -436,8 +466,8 @@ fn commit_async<S: Sink>(ctx: &PipelineContext<S>, consumer: &BaseConsumer<Pipel
     }
 }
 
-fn report_in_flight<S>(ctx: &PipelineContext<S>) {
-    let (records, bytes) = ctx.shared.total.get();
+fn report_in_flight<S: Sink>(ctx: &PipelineContext<S>) {
+    let (records, bytes) = ctx.shared.gate.in_flight.get();
     gauge!(m::IN_FLIGHT_RECORDS).set(records as f64);
     gauge!(m::IN_FLIGHT_BYTES).set(bytes as f64);
 }
@@ -450,7 +480,10 @@ fn drain<S: Sink>(
     deadline: Duration,
 ) {
     let until = Instant::now() + deadline;
-    tracing::info!(?deadline, "draining: fetching stopped, writing what is in flight");
+    tracing::info!(
+        ?deadline,
+        "draining: fetching stopped, writing what is in flight"
+    );
     {
         let mut partitions = ctx.partitions();
         let mut tpl = TopicPartitionList::new();
@@ -458,9 +491,9 @@ fn drain<S: Sink>(
             for (partition, p) in ps.iter_mut() {
                 tpl.add_partition(topic, *partition);
                 p.paused = true;
-                let _ = p.input.send(Input::Drain);
             }
         }
+        ctx.shared.drain.cancel();
         if tpl.count() > 0 {
             if let Err(e) = consumer.pause(&tpl) {
                 tracing::warn!(error = %e, "cannot pause partitions for shutdown");
@@ -496,10 +529,20 @@ fn drain<S: Sink>(
     if let Some(tpl) = offsets {
         commit_sync(consumer, &tpl, "shutdown");
     }
-    let mut partitions = ctx.partitions();
-    for p in partitions.values().flat_map(HashMap::values) {
+    let left: Vec<Partition> = {
+        let mut partitions = ctx.partitions();
+        // The final revoke when the consumer closes finds nothing left to wait for.
+        partitions
+            .drain()
+            .flat_map(|(_, ps)| ps.into_values())
+            .collect()
+    };
+    // Workers hold their partition queues, and with them the consumer: wait until they are
+    // gone so that the consumer closes here, on this thread.
+    for p in &left {
         p.task.abort();
     }
-    // The final revoke when the consumer closes finds nothing left to wait for.
-    partitions.clear();
+    for p in &left {
+        let _ = p.done.recv_timeout(Duration::from_secs(5));
+    }
 }
