@@ -20,7 +20,7 @@ DEBIAN_PACKAGES := pkg-config libssl-dev zlib1g-dev libzstd-dev cmake redis-serv
 BINARIES := ingest-writer audit-writer aggregator cache-updater
 
 .PHONY: deps build run test stack-up stack-down stack-status test-stack-up test-stack-down \
-        lint schemas-check
+        lint schemas-check bench-runtime
 
 deps:
 	@missing=$$(for p in $(DEBIAN_PACKAGES); do \
@@ -72,6 +72,16 @@ run: stack-up
 	$(PIPELINECTL) produce --count $(RUN_EVENTS) --rate $(RUN_RATE) --duplicates 0.01 --out-of-order 0.02 --poison 0.001; \
 	echo "make run: producer finished; the consumers keep running until Ctrl-C (stack: make stack-status)"; \
 	wait
+
+# Consumer runtime overhead: raw rdkafka consume+decode vs. the runtime with a no-op sink, on
+# the local stack, release build. `make bench-runtime BENCH_EVENTS=500000 BENCH_RUNS=5`.
+BENCH_EVENTS ?= 200000
+BENCH_RUNS ?= 3
+
+bench-runtime: stack-up
+	$(CARGO) build --release -p pipelinectl
+	set -a; source target/stack.env; set +a; \
+	target/release/pipelinectl bench runtime --events $(BENCH_EVENTS) --runs $(BENCH_RUNS)
 
 # Each schema version can read every earlier one (BACKWARD_TRANSITIVE) and the samples match.
 schemas-check:
