@@ -5,6 +5,7 @@
 //!
 //! `sink.stall_file`: while that file exists every write waits, like a sink that hangs.
 //! `sink.reject_event_type`: records of that event type are rejected (dead-lettered).
+//! `sink.fatal_after`: once that many records are written, the next batch fails fatally.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -25,6 +26,8 @@ struct ProbeConfig {
     stall_file: Option<PathBuf>,
     #[serde(default)]
     reject_event_type: Option<String>,
+    #[serde(default)]
+    fatal_after: Option<u64>,
 }
 
 impl Validate for ProbeConfig {
@@ -39,6 +42,7 @@ impl Validate for ProbeConfig {
 struct ProbeSink {
     config: ProbeConfig,
     out: Mutex<std::fs::File>,
+    written: std::sync::atomic::AtomicU64,
 }
 
 impl Sink for ProbeSink {
@@ -47,6 +51,12 @@ impl Sink for ProbeSink {
             while stall.exists() {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+        }
+        let written = self.written.load(std::sync::atomic::Ordering::Relaxed);
+        if self.config.fatal_after.is_some_and(|n| written >= n) {
+            return Err(SinkError::Fatal(format!(
+                "probe configured to fail after {written} records"
+            )));
         }
         let mut lines = String::new();
         let mut outcomes = Vec::with_capacity(batch.len());
@@ -71,6 +81,9 @@ impl Sink for ProbeSink {
         let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
         out.write_all(lines.as_bytes())
             .map_err(|e| SinkError::transient("io", e))?;
+        let n = outcomes.iter().filter(|o| **o == Outcome::Written).count();
+        self.written
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(outcomes)
     }
 
@@ -88,6 +101,7 @@ fn main() -> ExitCode {
         let sink = ProbeSink {
             config: ctx.config.sink.clone(),
             out: Mutex::new(out),
+            written: std::sync::atomic::AtomicU64::new(0),
         };
         eventpipe_runtime::consumer::run(&ctx, sink).await?;
         Ok(())

@@ -672,6 +672,16 @@ async fn sigterm_drains_and_commits_so_a_restart_redelivers_nothing_written() {
     let f = Fixture::new().await;
     f.produce(plain(26), 20_000, None).await;
     let mut probe = f.start("t", "");
+    let ready = format!("http://127.0.0.1:{}/readyz", probe.admin);
+    wait_for(
+        "/readyz to report ready",
+        Duration::from_secs(60),
+        || async {
+            let status = reqwest::get(&ready).await.ok()?.status();
+            status.is_success().then_some(())
+        },
+    )
+    .await;
     wait_for("some records written", Duration::from_secs(60), || {
         let n = written(&probe.record_to).len();
         async move { (n >= 3_000).then_some(()) }
@@ -705,4 +715,34 @@ async fn sigterm_drains_and_commits_so_a_restart_redelivers_nothing_written() {
         "nothing written before SIGTERM came again"
     );
     assert_eq!(all.into_iter().collect::<BTreeSet<_>>(), f.all_offsets());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_sink_error_commits_what_is_durable_and_exits_non_zero() {
+    let f = Fixture::new().await;
+    f.produce(plain(27), 10_000, None).await;
+    let mut probe = f.start("f", "fatal_after = 2000");
+    let status = wait_for(
+        "the probe to stop on its own",
+        Duration::from_secs(60),
+        || {
+            let s = probe.child.try_wait().expect("try_wait");
+            async move { s }
+        },
+    )
+    .await;
+    assert_eq!(status.code(), Some(1), "a fatal error exits with status 1");
+    let written: BTreeSet<Coord> = probe.written().into_iter().collect();
+    let committed = f.committed();
+    assert_committed_never_passes_unwritten(&committed, &written);
+    let committed_records: i64 = committed.values().flatten().sum();
+    assert_eq!(
+        committed_records as usize,
+        written.len(),
+        "everything written (and nothing more) was committed before the exit"
+    );
+    assert!(
+        probe.log_text().contains("probe configured to fail"),
+        "the cause is logged"
+    );
 }
