@@ -274,6 +274,13 @@ impl<S: Sink> PipelineContext<S> {
     }
 }
 
+/// Every assigned partition with its number.
+fn each(partitions: &Partitions) -> impl Iterator<Item = (i32, &Partition)> {
+    partitions
+        .values()
+        .flat_map(|ps| ps.iter().map(|(n, p)| (*n, p)))
+}
+
 fn count(partitions: &Partitions) -> usize {
     partitions.values().map(HashMap::len).sum()
 }
@@ -443,12 +450,7 @@ fn learn_start_positions<S: Sink>(
 
 fn commit_async<S: Sink>(ctx: &PipelineContext<S>, consumer: &BaseConsumer<PipelineContext<S>>) {
     let mut partitions = ctx.partitions();
-    let tpl = offsets_to_commit(
-        partitions
-            .values()
-            .flat_map(|ps| ps.iter().map(|(n, p)| (*n, p))),
-        false,
-    );
+    let tpl = offsets_to_commit(each(&partitions), false);
     let Some(tpl) = tpl else { return };
     if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
         tracing::warn!(error = %e, "cannot send offset commit");
@@ -519,12 +521,7 @@ fn drain<S: Sink>(
     }
     let offsets = {
         let partitions = ctx.partitions();
-        offsets_to_commit(
-            partitions
-                .values()
-                .flat_map(|ps| ps.iter().map(|(n, p)| (*n, p))),
-            true,
-        )
+        offsets_to_commit(each(&partitions), true)
     };
     if let Some(tpl) = offsets {
         commit_sync(consumer, &tpl, "shutdown");
