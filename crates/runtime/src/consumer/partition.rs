@@ -252,7 +252,7 @@ impl<S: Sink> Worker<S> {
         let result = async {
             meters.consumed.increment(batch.len() as u64);
             meters.batch_records.record(batch.len() as f64);
-            let (records, mut dead) = self.decode(&batch).await;
+            let (raw_indexes, records, mut dead) = self.decode(&batch).await;
             if !records.is_empty() {
                 let outcomes = self.write(&records, meters).await?;
                 for (record_index, outcome) in outcomes.into_iter().enumerate() {
@@ -264,17 +264,14 @@ impl<S: Sink> Worker<S> {
                             "reason" => reason
                         )
                         .increment(1),
-                        Outcome::Rejected { reason, detail } => {
-                            let (raw_index, record) = &records[record_index];
-                            dead.push((
-                                *raw_index,
-                                Verdict {
-                                    reason,
-                                    message: detail,
-                                    schema_id: Some(record.schema_id),
-                                },
-                            ))
-                        }
+                        Outcome::Rejected { reason, detail } => dead.push((
+                            raw_indexes[record_index],
+                            Verdict {
+                                reason,
+                                message: detail,
+                                schema_id: Some(records[record_index].schema_id),
+                            },
+                        )),
                     }
                 }
             }
@@ -294,7 +291,12 @@ impl<S: Sink> Worker<S> {
 
     /// Decodes every record; those that cannot be decoded come back as dead letters. A
     /// registry outage is waited out, not dead-lettered.
-    async fn decode(&self, batch: &[RawRecord]) -> (Vec<(usize, Record)>, Vec<(usize, Verdict)>) {
+    /// The decoded records come with the index of their raw record in `batch`.
+    async fn decode(
+        &self,
+        batch: &[RawRecord],
+    ) -> (Vec<usize>, Vec<Record>, Vec<(usize, Verdict)>) {
+        let mut raw_indexes = Vec::with_capacity(batch.len());
         let mut records = Vec::with_capacity(batch.len());
         let mut dead = Vec::new();
         for (index, raw) in batch.iter().enumerate() {
@@ -307,19 +309,17 @@ impl<S: Sink> Worker<S> {
                     .await
                 {
                     Ok(decoded) => {
-                        records.push((
-                            index,
-                            Record {
-                                source: Source {
-                                    topic: raw.topic.clone(),
-                                    partition: raw.partition,
-                                    offset: raw.offset,
-                                    timestamp: raw.timestamp,
-                                },
-                                event: decoded.event,
-                                schema_id: decoded.schema_id,
+                        raw_indexes.push(index);
+                        records.push(Record {
+                            source: Source {
+                                topic: raw.topic.clone(),
+                                partition: raw.partition,
+                                offset: raw.offset,
+                                timestamp: raw.timestamp,
                             },
-                        ));
+                            event: decoded.event,
+                            schema_id: decoded.schema_id,
+                        });
                         break;
                     }
                     Err(e) if e.class() == ErrorClass::Transient => {
@@ -344,20 +344,15 @@ impl<S: Sink> Worker<S> {
                 }
             }
         }
-        (records, dead)
+        (raw_indexes, records, dead)
     }
 
     /// Writes until the sink succeeds (transient errors are retried, never skipped).
-    async fn write(
-        &self,
-        records: &[(usize, Record)],
-        meters: &Meters,
-    ) -> Result<Vec<Outcome>, Stop> {
-        let batch: Vec<Record> = records.iter().map(|(_, r)| r.clone()).collect();
+    async fn write(&self, batch: &[Record], meters: &Meters) -> Result<Vec<Outcome>, Stop> {
         let mut backoff = self.backoff();
         loop {
             let started = Instant::now();
-            match self.shared.sink.write(&batch).await {
+            match self.shared.sink.write(batch).await {
                 Ok(outcomes) if outcomes.len() == batch.len() => {
                     meters.write_seconds.record(started.elapsed().as_secs_f64());
                     return Ok(outcomes);
