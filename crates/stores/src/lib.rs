@@ -1,38 +1,18 @@
 //! Connection settings for the stores the sinks write to.
 //!
 //! # Layout
-//! - [`MongoConfig`]: the `[sink]` section of the MongoDB writers.
+//! - [`docs`]: document pieces shared by the MongoDB writers (an event's body).
+//! - [`mongo`]: the `[sink]` section of the MongoDB writers ([`MongoConfig`]), the client,
+//!   batched write commands and error classification.
 //! - [`RedisConfig`]: the `[sink]` section of `cache-updater`.
+
+pub mod docs;
+pub mod mongo;
+
+pub use mongo::MongoConfig;
 
 use eventpipe_runtime::config::{Invalid, Validate};
 use serde::{Deserialize, Serialize};
-
-/// `[sink]` of `ingest-writer`, `audit-writer` and `aggregator`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MongoConfig {
-    /// `mongodb://` or `mongodb+srv://` URI; credentials and TLS options go here.
-    pub uri: String,
-    pub database: String,
-}
-
-impl Validate for MongoConfig {
-    fn validate(&self) -> Result<(), Invalid> {
-        if !(self.uri.starts_with("mongodb://") || self.uri.starts_with("mongodb+srv://")) {
-            return Err(Invalid::new(
-                "sink.uri",
-                "must start with mongodb:// or mongodb+srv://",
-            ));
-        }
-        if self.database.is_empty() || self.database.contains(['/', '.', ' ', '"', '$']) {
-            return Err(Invalid::new(
-                "sink.database",
-                "must be a non-empty MongoDB database name",
-            ));
-        }
-        Ok(())
-    }
-}
 
 /// `[sink]` of `cache-updater`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -72,28 +52,6 @@ impl Validate for RedisConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mongo_validation() {
-        let ok = MongoConfig {
-            uri: "mongodb://127.0.0.1:27017/?replicaSet=rs0".into(),
-            database: "eventpipe".into(),
-        };
-        assert!(ok.validate().is_ok());
-        let bad = MongoConfig {
-            uri: "http://x".into(),
-            ..ok.clone()
-        };
-        assert_eq!(bad.validate().map_err(|e| e.key), Err("sink.uri".into()));
-        let bad = MongoConfig {
-            database: "a.b".into(),
-            ..ok
-        };
-        assert_eq!(
-            bad.validate().map_err(|e| e.key),
-            Err("sink.database".into())
-        );
-    }
 
     #[test]
     fn redis_validation() {
