@@ -105,6 +105,9 @@ pub struct Decoded<T> {
     pub event: T,
     /// The writer schema id from the header.
     pub schema_id: u32,
+    /// The version in `schemas/` the writer schema is (1 = v1 …), by Parsing Canonical Form;
+    /// `None` for a compatible writer schema this build does not carry.
+    pub schema_version: Option<u32>,
 }
 
 /// Splits the wire-format header off a payload.
@@ -123,8 +126,9 @@ pub fn split_header(payload: &[u8]) -> Result<(u32, &[u8]), DecodeError> {
 /// Decodes records of one event type, resolving every writer schema to `T`'s reader schema.
 pub struct Decoder<T: Event> {
     registry: Arc<SchemaRegistry>,
-    /// Per writer id: whether it resolves to the reader schema (`Err` = why not).
-    compatibility: Mutex<HashMap<u32, Result<(), String>>>,
+    /// Per writer id: whether it resolves to the reader schema (`Err` = why not) and which
+    /// of the compiled-in versions it is.
+    compatibility: Mutex<HashMap<u32, Result<Option<u32>, String>>>,
     key_field: &'static str,
     _event: PhantomData<fn() -> T>,
 }
@@ -164,7 +168,7 @@ impl<T: Event> Decoder<T> {
         writer: &Schema,
         body: &[u8],
     ) -> Result<Decoded<T>, DecodeError> {
-        self.check_resolvable(id, writer)?;
+        let schema_version = self.check_resolvable(id, writer)?;
         let event: T = decode_body(id, writer, T::reader_schema(), body)?;
         if event.key().as_bytes() != key {
             return Err(DecodeError::KeyMismatch {
@@ -176,14 +180,19 @@ impl<T: Event> Decoder<T> {
         Ok(Decoded {
             event,
             schema_id: id,
+            schema_version,
         })
     }
 
-    fn check_resolvable(&self, id: u32, writer: &Schema) -> Result<(), DecodeError> {
+    /// Whether `writer` resolves to the reader schema, and which compiled-in version it is.
+    fn check_resolvable(&self, id: u32, writer: &Schema) -> Result<Option<u32>, DecodeError> {
         let mut known = self.compatibility.lock().unwrap_or_else(|p| p.into_inner());
         let verdict = known.entry(id).or_insert_with(|| {
             match SchemaCompatibility::can_read(writer, T::reader_schema()) {
-                Ok(Compatibility::Full) => Ok(()),
+                Ok(Compatibility::Full) => Ok(T::schemas()
+                    .iter()
+                    .position(|s| s == writer)
+                    .map(|i| i as u32 + 1)),
                 Ok(Compatibility::Partial) => Err(
                     "some values cannot be resolved (enum symbols or union branches missing)"
                         .to_owned(),
@@ -246,6 +255,7 @@ impl AnyDecoder {
             Ok(Decoded {
                 event: AnyEvent::Platform(d.event),
                 schema_id: id,
+                schema_version: d.schema_version,
             })
         } else if name == OrderEvent::NAME {
             let key = key_of(OrderEvent::NAME, self.order.key_field)?;
@@ -253,6 +263,7 @@ impl AnyDecoder {
             Ok(Decoded {
                 event: AnyEvent::Order(d.event),
                 schema_id: id,
+                schema_version: d.schema_version,
             })
         } else {
             Err(DecodeError::IncompatibleWriter {

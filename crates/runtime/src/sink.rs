@@ -31,6 +31,9 @@ pub struct Record {
     pub event: AnyEvent,
     /// The writer schema id from the wire header.
     pub schema_id: u32,
+    /// Which version in `schemas/` the writer schema is (`None`: a compatible writer schema
+    /// this build does not carry).
+    pub schema_version: Option<u32>,
 }
 
 /// What became of one record of a batch.

@@ -319,6 +319,7 @@ impl<S: Sink> Worker<S> {
                             },
                             event: decoded.event,
                             schema_id: decoded.schema_id,
+                            schema_version: decoded.schema_version,
                         });
                         break;
                     }
