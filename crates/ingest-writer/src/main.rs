@@ -1,14 +1,15 @@
-//! `ingest-writer`: Writes every event once to MongoDB `events` and keeps `orders` at their newest version.
+//! `ingest-writer`: writes every event once to MongoDB `events` and keeps `orders` at their
+//! newest version.
 
 use std::process::ExitCode;
 
 use eventpipe_stores::MongoConfig;
+use ingest_writer::IngestSink;
 
 fn main() -> ExitCode {
     eventpipe_runtime::app::main::<MongoConfig, _, _>("ingest-writer", |ctx| async move {
-        tracing::warn!("record consumption is not part of this build yet; serving admin endpoints until shutdown");
-        ctx.readiness.set(false);
-        ctx.shutdown.cancelled().await;
+        let sink = IngestSink::connect(&ctx.config.sink).await?;
+        eventpipe_runtime::consumer::run(&ctx, sink).await?;
         Ok(())
     })
 }
