@@ -1,14 +1,14 @@
-//! `audit-writer`: Appends audit events to the tamper-evident MongoDB `audit_logs`.
+//! `audit-writer`: appends audit events to the tamper-evident MongoDB `audit_logs`.
 
 use std::process::ExitCode;
 
+use audit_writer::AuditSink;
 use eventpipe_stores::MongoConfig;
 
 fn main() -> ExitCode {
     eventpipe_runtime::app::main::<MongoConfig, _, _>("audit-writer", |ctx| async move {
-        tracing::warn!("record consumption is not part of this build yet; serving admin endpoints until shutdown");
-        ctx.readiness.set(false);
-        ctx.shutdown.cancelled().await;
+        let sink = AuditSink::connect(&ctx.config.sink).await?;
+        eventpipe_runtime::consumer::run(&ctx, sink).await?;
         Ok(())
     })
 }
