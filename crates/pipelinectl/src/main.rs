@@ -53,6 +53,33 @@ enum Cmd {
     /// Benchmarks against the running stack; each prints its rates, medians and ratios.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+}
+
+#[derive(Args, Clone)]
+struct Mongo {
+    #[arg(
+        long,
+        env = "EVENTPIPE_MONGODB_URI",
+        default_value = "mongodb://127.0.0.1:27017/?replicaSet=rs0"
+    )]
+    mongodb_uri: String,
+    #[arg(long, default_value = "eventpipe")]
+    database: String,
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Recompute every content hash and chain link of a tenant's audit log (all tenants
+    /// without --tenant); names each altered, removed or reordered entry. Exit 1 if any.
+    Verify {
+        #[command(flatten)]
+        mongo: Mongo,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -103,7 +130,8 @@ struct ProduceArgs {
     /// Share of malformed records, cycling through every poison class.
     #[arg(long, default_value_t = 0.0)]
     poison: f64,
-    /// Event time of the first record, ms since the epoch (default: 2026-01-01T00:00:00Z).
+    /// Event time of the first record, ms since the epoch (default: now, to the minute; printed
+    /// at the end so the same records can be generated again).
     #[arg(long)]
     start_time_ms: Option<i64>,
     /// Event-time step between records, ms.
@@ -149,7 +177,6 @@ async fn execute(cmd: Cmd) -> Result<(), String> {
             );
         }
         Cmd::Produce(a) => {
-            let defaults = Options::default();
             let opts = Options {
                 seed: a.seed,
                 tenants: a.tenants.max(1),
@@ -159,7 +186,7 @@ async fn execute(cmd: Cmd) -> Result<(), String> {
                 duplicates: share("duplicates", a.duplicates)?,
                 out_of_order: share("out-of-order", a.out_of_order)?,
                 poison: share("poison", a.poison)?,
-                start_time_ms: a.start_time_ms.unwrap_or(defaults.start_time_ms),
+                start_time_ms: a.start_time_ms.unwrap_or_else(now_minute_ms),
                 step_ms: a.step_ms,
             };
             if a.rate.is_some_and(|r| r <= 0.0) {
@@ -183,8 +210,10 @@ async fn execute(cmd: Cmd) -> Result<(), String> {
                 count: a.count,
                 progress: !a.quiet,
             };
+            let (seed, start) = (opts.seed, opts.start_time_ms);
             let summary = produce::run(opts, ids, &target).await?;
             print!("{summary}");
+            println!("regenerate with: --seed {seed} --start-time-ms {start}");
             if summary.failed > 0 {
                 return Err(format!("{} records were not acknowledged", summary.failed));
             }
@@ -203,8 +232,59 @@ async fn execute(cmd: Cmd) -> Result<(), String> {
             .await?;
             print!("{report}");
         }
+        Cmd::Audit(AuditCmd::Verify { mongo, tenant }) => {
+            let client = mongodb::Client::with_uri_str(&mongo.mongodb_uri)
+                .await
+                .map_err(|e| format!("--mongodb-uri: {e}"))?;
+            let db = client.database(&mongo.database);
+            let tenants = match tenant {
+                Some(t) => vec![t],
+                None => audit_writer::tenants(&db)
+                    .await
+                    .map_err(|e| format!("cannot list tenants: {e}"))?,
+            };
+            let mut broken = 0;
+            for t in &tenants {
+                let report = audit_writer::verify(&db, t, bson::DateTime::now())
+                    .await
+                    .map_err(|e| format!("cannot read the audit log of {t}: {e}"))?;
+                let head = report.head_seq.unwrap_or(0);
+                if report.is_intact() {
+                    println!(
+                        "{t}: intact ({} entries, head seq {head}{})",
+                        report.entries,
+                        if report.expired > 0 {
+                            format!(", {} expired by retention", report.expired)
+                        } else {
+                            String::new()
+                        }
+                    );
+                } else {
+                    broken += 1;
+                    println!("{t}: BROKEN ({} entries, head seq {head})", report.entries);
+                    for p in &report.problems {
+                        println!("  {p}");
+                    }
+                }
+            }
+            if broken > 0 {
+                return Err(format!(
+                    "{broken} of {} audit chains are broken",
+                    tenants.len()
+                ));
+            }
+            println!("{} audit chains verified", tenants.len());
+        }
     }
     Ok(())
+}
+
+/// Now, rounded down to the minute (the default first event time of `produce`).
+fn now_minute_ms() -> i64 {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    ms - ms % 60_000
 }
 
 #[tokio::main]
