@@ -7,293 +7,52 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use eventpipe_runtime::dlq::header;
-use eventpipe_tests::kafka::{committed_offsets, high_watermarks, read_all};
-use eventpipe_tests::{group, stack, topic, wait_for};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use eventpipe_tests::kafka::read_all;
+use eventpipe_tests::pipeline::{Coord, Fixture, Member};
+use eventpipe_tests::{stack, wait_for};
 use pipelinectl::generate::Options;
-use pipelinectl::produce::{self, Summary, Target};
-use pipelinectl::setup::{self, SchemaIds};
+use pipelinectl::produce::{self, Target};
 use rdkafka::message::Headers;
 use rdkafka::Message;
 
-const PARTITIONS: i32 = 3;
-
-/// (topic, partition, offset)
-type Coord = (String, i32, i64);
-
-/// Fresh topics (with `.dlq` companions), registered schemas, a group and a scratch dir.
-struct Fixture {
-    platform: String,
-    orders: String,
-    group: String,
-    ids: SchemaIds,
-    dir: tempfile::TempDir,
-}
-
-impl Fixture {
-    async fn new() -> Self {
-        let s = stack();
-        let (platform, orders) = (topic(), topic());
-        let all: Vec<String> = [&platform, &orders]
-            .iter()
-            .flat_map(|t| [t.to_string(), format!("{t}.dlq")])
-            .collect();
-        setup::create_topics(&s.kafka_bootstrap, &all, PARTITIONS)
-            .await
-            .expect("topics");
-        let ids = setup::register_schemas(&s.schema_registry_url, &platform, &orders)
-            .await
-            .expect("schemas");
-        Self {
-            platform,
-            orders,
-            group: group(),
-            ids,
-            dir: tempfile::tempdir().expect("tempdir"),
-        }
-    }
-
-    fn topics(&self) -> [&str; 2] {
-        [&self.platform, &self.orders]
-    }
-
-    async fn produce(&self, opts: Options, count: u64, rate: Option<f64>) -> Summary {
-        let target = Target {
-            bootstrap: stack().kafka_bootstrap,
-            platform_topic: self.platform.clone(),
-            orders_topic: self.orders.clone(),
-            rate,
-            count,
-            progress: false,
-        };
-        let summary = produce::run(opts, self.ids, &target)
-            .await
-            .expect("produced");
-        assert_eq!((summary.acked, summary.failed), (count, 0), "{summary}");
-        summary
-    }
-
-    /// Every offset of both source topics.
-    fn all_offsets(&self) -> BTreeSet<Coord> {
-        let bootstrap = stack().kafka_bootstrap;
-        let mut out = BTreeSet::new();
-        for t in self.topics() {
-            for (p, high) in high_watermarks(&bootstrap, t).into_iter().enumerate() {
-                out.extend((0..high).map(|o| (t.to_owned(), p as i32, o)));
-            }
-        }
-        out
-    }
-
-    /// The group's committed offset per (topic, partition).
-    fn committed(&self) -> BTreeMap<(String, i32), Option<i64>> {
-        let bootstrap = stack().kafka_bootstrap;
-        let mut out = BTreeMap::new();
-        for t in self.topics() {
-            for (p, c) in committed_offsets(&bootstrap, &self.group, t)
-                .into_iter()
-                .enumerate()
-            {
-                out.insert((t.to_owned(), p as i32), c);
-            }
-        }
-        out
-    }
-
-    /// Whether the group has committed the end of every partition.
-    fn caught_up(&self) -> bool {
-        let bootstrap = stack().kafka_bootstrap;
-        self.topics().iter().all(|t| {
-            let highs = high_watermarks(&bootstrap, t);
-            let committed = committed_offsets(&bootstrap, &self.group, t);
-            highs
-                .iter()
-                .zip(committed)
-                .all(|(h, c)| *h == 0 || c == Some(*h))
-        })
-    }
-
-    async fn wait_caught_up(&self, timeout: Duration) {
-        wait_for(
-            "the group to commit the end of every partition",
-            timeout,
-            || async { self.caught_up().then_some(()) },
-        )
-        .await;
-    }
-
-    fn start(&self, name: &str, extra: &str) -> Probe {
-        Probe::start(self, name, extra)
-    }
-}
-
-/// A running `probe-consumer`.
+/// A running `probe-consumer` and the file its sink appends to.
 struct Probe {
-    child: Child,
-    admin: u16,
+    member: Member,
     record_to: PathBuf,
-    log: PathBuf,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 impl Probe {
-    fn start(f: &Fixture, name: &str, extra: &str) -> Probe {
-        let s = stack();
-        let admin = free_port();
-        let record_to = f.dir.path().join(format!("{name}.written"));
-        let log = f.dir.path().join(format!("{name}.log"));
-        let config = f.dir.path().join(format!("{name}.toml"));
-        let text = format!(
-            r#"
-[consumer]
-group_id = "{group}"
-topics = ["{platform}", "{orders}"]
-commit_interval_ms = 200
-lag_interval_ms = 300
-shutdown_deadline_ms = 20000
-revoke_timeout_ms = 5000
-
-[kafka]
-bootstrap_servers = "{bootstrap}"
-
-[kafka.properties]
-"session.timeout.ms" = "6000"
-"heartbeat.interval.ms" = "1000"
-# Short, so that the stalled-sink test outlasts it.
-"max.poll.interval.ms" = "8000"
-
-[schema_registry]
-url = "{registry}"
-
-[batch]
-max_records = 500
-max_age_ms = 50
-
-[admin]
-listen = "127.0.0.1:{admin}"
-
-[log]
-level = "info,eventpipe_runtime=debug"
-
-[sink]
-record_to = "{record_to}"
-{extra}
-"#,
-            group = f.group,
-            platform = f.platform,
-            orders = f.orders,
-            bootstrap = s.kafka_bootstrap,
-            registry = s.schema_registry_url,
-            record_to = record_to.display(),
-        );
-        std::fs::write(&config, text).expect("probe config");
-        let child = Command::new(env!("CARGO_BIN_EXE_probe-consumer"))
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("probe log"))
-            .spawn()
-            .expect("probe-consumer starts");
-        Probe {
-            child,
-            admin,
-            record_to,
-            log,
-        }
-    }
-
-    fn pid(&self) -> Pid {
-        Pid::from_raw(self.child.id() as i32)
-    }
-
-    fn kill9(&mut self) {
-        kill(self.pid(), Signal::SIGKILL).expect("SIGKILL");
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM, then the exit status and how long the drain took.
-    async fn terminate(&mut self, timeout: Duration) -> (ExitStatus, Duration) {
-        let started = Instant::now();
-        kill(self.pid(), Signal::SIGTERM).expect("SIGTERM");
-        let status = wait_for("the probe to exit after SIGTERM", timeout, || {
-            let s = self.child.try_wait().expect("try_wait");
-            async move { s }
-        })
-        .await;
-        (status, started.elapsed())
-    }
-
     fn written(&self) -> Vec<Coord> {
         written(&self.record_to)
     }
+}
 
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn metrics(&self) -> Option<String> {
-        reqwest::get(format!("http://127.0.0.1:{}/metrics", self.admin))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()
-    }
-
-    /// Sum of a metric's samples whose line contains every one of `filters`.
-    async fn metric_sum(&self, name: &str, filters: &[&str]) -> Option<f64> {
-        let text = self.metrics().await?;
-        let mut found = None;
-        for line in text.lines() {
-            let Some((series, value)) = line.rsplit_once(' ') else {
-                continue;
-            };
-            let base = series.split('{').next().unwrap_or_default();
-            if base == name && filters.iter().all(|f| series.contains(f)) {
-                if let Ok(v) = value.parse::<f64>() {
-                    *found.get_or_insert(0.0) += v;
-                }
-            }
-        }
-        found
-    }
-
-    async fn metric_max(&self, name: &str) -> Option<f64> {
-        let text = self.metrics().await?;
-        text.lines()
-            .filter(|l| l.split(['{', ' ']).next() == Some(name))
-            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-            .reduce(f64::max)
-    }
-
-    fn rss_bytes(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("status");
-        let kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .expect("VmRSS");
-        kb * 1024
+impl std::ops::Deref for Probe {
+    type Target = Member;
+    fn deref(&self) -> &Member {
+        &self.member
     }
 }
 
-impl Drop for Probe {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::DerefMut for Probe {
+    fn deref_mut(&mut self) -> &mut Member {
+        &mut self.member
+    }
+}
+
+trait StartProbe {
+    fn start(&self, name: &str, extra: &str) -> Probe;
+}
+
+impl StartProbe for Fixture {
+    fn start(&self, name: &str, extra: &str) -> Probe {
+        let record_to = self.dir.path().join(format!("{name}.written"));
+        let sink = format!("[sink]\nrecord_to = \"{}\"\n{extra}\n", record_to.display());
+        let member = self.spawn(Path::new(env!("CARGO_BIN_EXE_probe-consumer")), name, &sink);
+        Probe { member, record_to }
     }
 }
 
@@ -409,7 +168,7 @@ async fn members_join_and_leave_during_the_stream_without_loss() {
     let a = f.start("a", "");
     let mut b = f.start("b", "");
     let assigned = |p: &Probe| {
-        let p = p.admin;
+        let p = p.admin_port();
         async move {
             let text = reqwest::get(format!("http://127.0.0.1:{p}/metrics"))
                 .await
@@ -672,7 +431,7 @@ async fn sigterm_drains_and_commits_so_a_restart_redelivers_nothing_written() {
     let f = Fixture::new().await;
     f.produce(plain(26), 20_000, None).await;
     let mut probe = f.start("t", "");
-    let ready = format!("http://127.0.0.1:{}/readyz", probe.admin);
+    let ready = format!("http://127.0.0.1:{}/readyz", probe.admin_port());
     wait_for(
         "/readyz to report ready",
         Duration::from_secs(60),
@@ -726,7 +485,7 @@ async fn a_fatal_sink_error_commits_what_is_durable_and_exits_non_zero() {
         "the probe to stop on its own",
         Duration::from_secs(60),
         || {
-            let s = probe.child.try_wait().expect("try_wait");
+            let s = probe.exited();
             async move { s }
         },
     )

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 pub mod kafka;
+pub mod pipeline;
 
 pub use local_stack::testing::{database, group, stack, topic, unique};
 
