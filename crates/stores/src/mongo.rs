@@ -154,6 +154,18 @@ impl Validate for MongoConfig {
 }
 
 impl MongoConfig {
+    /// `uri` and `database` with every other key at its default.
+    pub fn new(uri: impl Into<String>, database: impl Into<String>) -> Self {
+        Self {
+            uri: uri.into(),
+            database: database.into(),
+            order_history: default_order_history(),
+            write_concern: WriteConcernConfig::default(),
+            pool: PoolConfig::default(),
+            retention: RetentionConfig::default(),
+        }
+    }
+
     /// The configured write concern.
     pub fn write_concern(&self) -> WriteConcern {
         let wc = &self.write_concern;
@@ -440,14 +452,7 @@ mod tests {
     use super::*;
 
     fn config() -> MongoConfig {
-        MongoConfig {
-            uri: "mongodb://127.0.0.1:27017/?replicaSet=rs0".into(),
-            database: "eventpipe".into(),
-            order_history: 20,
-            write_concern: WriteConcernConfig::default(),
-            pool: PoolConfig::default(),
-            retention: RetentionConfig::default(),
-        }
+        MongoConfig::new("mongodb://127.0.0.1:27017/?replicaSet=rs0", "eventpipe")
     }
 
     #[test]
