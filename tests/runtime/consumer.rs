@@ -505,3 +505,30 @@ async fn a_fatal_sink_error_commits_what_is_durable_and_exits_non_zero() {
         "the cause is logged"
     );
 }
+
+#[test]
+fn every_shipped_pipeline_config_passes_check() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for binary in [
+        "ingest-writer",
+        "audit-writer",
+        "aggregator",
+        "cache-updater",
+    ] {
+        let config = root.join("pipelines").join(format!("{binary}.toml"));
+        let out = std::process::Command::new(eventpipe_tests::pipeline::workspace_binary(binary))
+            .arg("--config")
+            .arg(&config)
+            .arg("--check")
+            // The environment may carry the test stack's overrides; the file alone is checked.
+            .env_clear()
+            .output()
+            .expect("binary runs");
+        assert!(
+            out.status.success(),
+            "{binary} --check {}: {}",
+            config.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
