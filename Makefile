@@ -20,7 +20,7 @@ DEBIAN_PACKAGES := pkg-config libssl-dev zlib1g-dev libzstd-dev cmake redis-serv
 BINARIES := ingest-writer audit-writer aggregator cache-updater
 
 .PHONY: deps build run test stack-up stack-down stack-status test-stack-up test-stack-down \
-        lint schemas-check bench-runtime
+        lint schemas-check bench-runtime bench-ingest
 
 deps:
 	@missing=$$(for p in $(DEBIAN_PACKAGES); do \
@@ -82,6 +82,17 @@ bench-runtime: stack-up
 	$(CARGO) build --release -p pipelinectl
 	set -a; source target/stack.env; set +a; \
 	target/release/pipelinectl bench runtime --events $(BENCH_EVENTS) --runs $(BENCH_RUNS)
+
+# ingest-writer end to end vs. raw batched writes of the same documents (no Kafka) and a naive
+# one-update_one-per-record consumer. `make bench-ingest BENCH_INGEST_EVENTS=200000`.
+BENCH_INGEST_EVENTS ?= 100000
+BENCH_NAIVE_EVENTS ?= 5000
+
+bench-ingest: stack-up
+	$(CARGO) build --release -p pipelinectl
+	set -a; source target/stack.env; set +a; \
+	target/release/pipelinectl bench ingest --events $(BENCH_INGEST_EVENTS) \
+	  --naive-events $(BENCH_NAIVE_EVENTS) --runs $(BENCH_RUNS)
 
 # Each schema version can read every earlier one (BACKWARD_TRANSITIVE) and the samples match.
 schemas-check:

@@ -1,19 +1,15 @@
-//! `pipelinectl bench runtime`: what the consumer runtime costs over a bare consumer.
+//! `pipelinectl bench …`: benchmarks against the running stack. Each publishes its own backlog
+//! to fresh topics, runs every contender over it several times (alternating, so drift on a
+//! shared machine hits all of them alike) and prints every run, the medians and the ratios of
+//! the medians.
 //!
-//! Publishes a backlog once, then alternates two readers of it, each in a fresh group:
-//! - raw: one rdkafka `StreamConsumer` task that receives and decodes every record (the
-//!   hand-written consumer's ceiling: no batching, no offsets, no backpressure);
-//! - runtime: `eventpipe_runtime::consumer` with a sink that does nothing but count.
-//!
-//! Each rate is records over the time from the first record to the last, so group joins do
-//! not count; the report gives every run, the medians and the ratio of the medians.
+//! - [`runtime`]: what the consumer runtime costs over a bare consumer;
+//! - [`ingest`]: `ingest-writer` against a raw batched-write ceiling and a naive consumer.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use eventpipe_events::registry::SchemaRegistry;
-use eventpipe_events::AnyDecoder;
 use eventpipe_runtime::app::Context;
 use eventpipe_runtime::config::{
     AdminConfig, BatchConfig, ConsumerConfig, FlowConfig, KafkaConfig, LogConfig, PipelineConfig,
@@ -21,13 +17,19 @@ use eventpipe_runtime::config::{
 };
 use eventpipe_runtime::sink::{Outcome, Record, Sink, SinkError};
 use eventpipe_runtime::telemetry::Readiness;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::{ClientConfig, Message};
 use tokio_util::sync::CancellationToken;
 
 use crate::generate::Options;
 use crate::produce::{self, Target};
 use crate::setup;
+
+pub mod ingest;
+pub mod runtime;
+
+pub use runtime::runtime;
+
+/// Partitions of each backlog topic.
+const PARTITIONS: i32 = 6;
 
 pub struct BenchArgs {
     pub bootstrap: String,
@@ -36,13 +38,20 @@ pub struct BenchArgs {
     pub runs: usize,
 }
 
-/// A reader's rates over the runs, records per second.
+/// A contender's rates over the runs, records per second.
 struct Series {
     name: &'static str,
     rates: Vec<f64>,
 }
 
 impl Series {
+    fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            rates: Vec::new(),
+        }
+    }
+
     fn median(&self) -> f64 {
         median(&self.rates)
     }
@@ -58,24 +67,60 @@ pub fn median(values: &[f64]) -> f64 {
     }
 }
 
-pub async fn runtime(args: BenchArgs) -> Result<String, String> {
-    // As in the binaries: metrics are recorded, so their cost is part of the figure.
-    let _metrics = eventpipe_runtime::telemetry::install_metrics_recorder()?;
-    let suffix = format!("{}", std::process::id());
+/// The runs and medians as a Markdown table.
+fn table(series: &[&Series]) -> String {
+    let mut out =
+        String::from("| contender | runs (records/s) | median (records/s) |\n|---|---|---|\n");
+    for s in series {
+        let runs: Vec<String> = s.rates.iter().map(|r| format!("{r:.0}")).collect();
+        out += &format!("| {} | {} | {:.0} |\n", s.name, runs.join(", "), s.median());
+    }
+    out
+}
+
+/// `numerator / denominator` of the medians against a target.
+fn ratio(label: &str, numerator: &Series, denominator: &Series, target: f64) -> String {
+    let r = numerator.median() / denominator.median();
+    format!(
+        "ratio {label} (medians): {r:.2} (target >= {target}: {})\n",
+        if r >= target { "met" } else { "NOT met" }
+    )
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(0, |n| n.get())
+}
+
+/// A name no earlier run used (groups, databases).
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    )
+}
+
+fn group() -> String {
+    unique("bench")
+}
+
+/// Creates fresh `bench.platform.*`/`bench.orders.*` topics (with `.dlq` companions) and
+/// publishes `args.events` generated records; returns the two source topics.
+async fn backlog(args: &BenchArgs, opts: Options) -> Result<Vec<String>, String> {
+    let suffix = unique("run");
     let platform = format!("bench.platform.{suffix}");
     let orders = format!("bench.orders.{suffix}");
     let topics: Vec<String> = [&platform, &orders]
         .iter()
         .flat_map(|t| [t.to_string(), format!("{t}.dlq")])
         .collect();
-    setup::create_topics(&args.bootstrap, &topics, 6).await?;
+    setup::create_topics(&args.bootstrap, &topics, PARTITIONS).await?;
     let ids = setup::register_schemas(&args.registry, &platform, &orders).await?;
     eprintln!("publishing {} records…", args.events);
     let summary = produce::run(
-        Options {
-            seed: 7,
-            ..Options::default()
-        },
+        opts,
         ids,
         &Target {
             bootstrap: args.bootstrap.clone(),
@@ -90,81 +135,12 @@ pub async fn runtime(args: BenchArgs) -> Result<String, String> {
     if summary.failed > 0 {
         return Err(format!("{} records not acknowledged", summary.failed));
     }
-    let source = vec![platform.clone(), orders.clone()];
-    let mut raw = Series {
-        name: "raw rdkafka consume+decode",
-        rates: Vec::new(),
-    };
-    let mut runtime = Series {
-        name: "runtime, no-op sink",
-        rates: Vec::new(),
-    };
-    for run in 0..args.runs {
-        let r = raw_rate(&args, &source).await?;
-        eprintln!("run {}: raw {:.0} records/s", run + 1, r);
-        raw.rates.push(r);
-        let t = runtime_rate(&args, &source).await?;
-        eprintln!("run {}: runtime {:.0} records/s", run + 1, t);
-        runtime.rates.push(t);
-    }
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let mut out = format!(
-        "runtime benchmark: {} records over 2 topics x 6 partitions, {} runs, {} cores\n\n",
-        args.events, args.runs, cores
-    );
-    out += "| reader | runs (records/s) | median (records/s) |\n|---|---|---|\n";
-    for s in [&raw, &runtime] {
-        let runs: Vec<String> = s.rates.iter().map(|r| format!("{r:.0}")).collect();
-        out += &format!("| {} | {} | {:.0} |\n", s.name, runs.join(", "), s.median());
-    }
-    let ratio = runtime.median() / raw.median();
-    out += &format!(
-        "\nratio runtime/raw (medians): {ratio:.2} (target >= 0.85: {})\n",
-        if ratio >= 0.85 { "met" } else { "NOT met" }
-    );
-    Ok(out)
+    Ok(vec![platform, orders])
 }
 
-fn group() -> String {
-    format!(
-        "bench-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
-    )
-}
-
-/// Receives and decodes every record in one task; records/s from first to last record.
-async fn raw_rate(args: &BenchArgs, topics: &[String]) -> Result<f64, String> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &args.bootstrap)
-        .set("group.id", group())
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .map_err(|e| e.to_string())?;
-    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&names).map_err(|e| e.to_string())?;
-    let decoder = AnyDecoder::new(Arc::new(SchemaRegistry::new(&args.registry)));
-    let mut first = None;
-    let mut seen = 0u64;
-    while seen < args.events {
-        let m = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
-            .await
-            .map_err(|_| format!("raw consumer stalled at {seen} records"))?
-            .map_err(|e| e.to_string())?;
-        first.get_or_insert_with(Instant::now);
-        // Every record is decodable here; what matters is that the work is done.
-        let _ = decoder.decode(m.key(), m.payload()).await;
-        seen += 1;
-    }
-    let elapsed = first.map_or(Duration::ZERO, |f| f.elapsed());
-    Ok(seen as f64 / elapsed.as_secs_f64())
-}
-
-/// Counts records and stops the consumer once it has seen them all.
-struct CountingSink {
+/// Wraps a sink: counts what it wrote and stops the consumer once `target` records were seen.
+struct Counting<S> {
+    inner: S,
     target: u64,
     seen: AtomicU64,
     first: Mutex<Option<Instant>>,
@@ -172,34 +148,43 @@ struct CountingSink {
     done: CancellationToken,
 }
 
-impl Sink for CountingSink {
+impl<S: Sink> Sink for Counting<S> {
     async fn write(&self, batch: &[Record]) -> Result<Vec<Outcome>, SinkError> {
         self.first
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get_or_insert_with(Instant::now);
+        let out = self.inner.write(batch).await?;
         let seen = self.seen.fetch_add(batch.len() as u64, Ordering::Relaxed) + batch.len() as u64;
         if seen >= self.target {
             *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
             self.done.cancel();
         }
-        Ok(vec![Outcome::Written; batch.len()])
+        Ok(out)
     }
 
     async fn check(&self) -> Result<(), SinkError> {
-        Ok(())
+        self.inner.check().await
     }
 }
 
-async fn runtime_rate(args: &BenchArgs, topics: &[String]) -> Result<f64, String> {
+/// Runs the consumer runtime over `topics` in a fresh group with `sink` until it has written
+/// `target` records; records/s from the first write to the last.
+async fn runtime_rate<S: Sink>(
+    args: &BenchArgs,
+    topics: &[String],
+    sink: S,
+    target: u64,
+) -> Result<f64, String> {
     let shutdown = CancellationToken::new();
-    let sink = CountingSink {
-        target: args.events,
+    let sink = Arc::new(Counting {
+        inner: sink,
+        target,
         seen: AtomicU64::new(0),
         first: Mutex::new(None),
         last: Mutex::new(None),
         done: shutdown.clone(),
-    };
+    });
     let config = PipelineConfig {
         consumer: ConsumerConfig {
             group_id: group(),
@@ -233,27 +218,25 @@ async fn runtime_rate(args: &BenchArgs, topics: &[String]) -> Result<f64, String
         readiness: Readiness::default(),
         admin_addr: AdminConfig::default().listen,
     };
-    let sink = Arc::new(sink);
-    let watched = sink.clone();
     let timeout = tokio::spawn({
         let shutdown = shutdown.clone();
         async move {
             tokio::select! {
                 _ = shutdown.cancelled() => false,
-                _ = tokio::time::sleep(Duration::from_secs(300)) => { shutdown.cancel(); true }
+                _ = tokio::time::sleep(Duration::from_secs(600)) => { shutdown.cancel(); true }
             }
         }
     });
-    eventpipe_runtime::consumer::run(&ctx, sink)
+    eventpipe_runtime::consumer::run(&ctx, sink.clone())
         .await
         .map_err(|e| e.to_string())?;
     if timeout.await.unwrap_or(true) {
-        return Err("runtime consumer did not finish within 300 s".into());
+        return Err("the runtime consumer did not finish within 600 s".into());
     }
-    let first = *watched.first.lock().unwrap_or_else(|p| p.into_inner());
-    let last = *watched.last.lock().unwrap_or_else(|p| p.into_inner());
+    let first = *sink.first.lock().unwrap_or_else(|p| p.into_inner());
+    let last = *sink.last.lock().unwrap_or_else(|p| p.into_inner());
     match (first, last) {
-        (Some(f), Some(l)) => Ok(args.events as f64 / (l - f).as_secs_f64()),
-        _ => Err("runtime consumer saw no records".into()),
+        (Some(f), Some(l)) => Ok(target as f64 / (l - f).as_secs_f64()),
+        _ => Err("the runtime consumer saw no records".into()),
     }
 }

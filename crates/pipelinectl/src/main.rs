@@ -95,6 +95,28 @@ enum BenchCmd {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// ingest-writer end to end vs. raw batched writes of the same documents (no Kafka) and
+    /// vs. a naive one-update_one-per-record consumer.
+    Ingest {
+        #[command(flatten)]
+        endpoints: Endpoints,
+        /// Each contender writes to a fresh database on this deployment, dropped afterwards.
+        #[arg(
+            long,
+            env = "EVENTPIPE_MONGODB_URI",
+            default_value = "mongodb://127.0.0.1:27017/?replicaSet=rs0"
+        )]
+        mongodb_uri: String,
+        /// Records in the backlog.
+        #[arg(long, default_value_t = 100_000)]
+        events: u64,
+        /// Records the naive consumer handles per run (it is slow).
+        #[arg(long, default_value_t = 10_000)]
+        naive_events: u64,
+        /// Runs of each contender (alternating); medians are reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
 }
 
 #[derive(Args)]
@@ -230,6 +252,27 @@ async fn execute(cmd: Cmd) -> Result<(), String> {
                 runs: runs.max(1),
             })
             .await?;
+            print!("{report}");
+        }
+        Cmd::Bench(BenchCmd::Ingest {
+            endpoints: e,
+            mongodb_uri,
+            events,
+            naive_events,
+            runs,
+        }) => {
+            let report =
+                pipelinectl::bench::ingest::ingest(pipelinectl::bench::ingest::IngestArgs {
+                    bench: pipelinectl::bench::BenchArgs {
+                        bootstrap: e.bootstrap_servers,
+                        registry: e.schema_registry,
+                        events,
+                        runs: runs.max(1),
+                    },
+                    mongodb_uri,
+                    naive_events,
+                })
+                .await?;
             print!("{report}");
         }
         Cmd::Audit(AuditCmd::Verify { mongo, tenant }) => {
