@@ -15,7 +15,7 @@ use eventpipe_events::{AnyEvent, OrderEvent, PlatformEvent};
 use eventpipe_runtime::sink::{Outcome, Record, Sink, Source};
 use eventpipe_stores::MongoConfig;
 use eventpipe_tests::pipeline::{workspace_binary, Fixture, Member};
-use eventpipe_tests::{database, group, stack, wait_for};
+use eventpipe_tests::{database, stack, wait_for};
 use futures::TryStreamExt;
 use ingest_writer::{IngestSink, EVENTS, ORDERS, STALE_SKIPPED};
 use mongodb::{Client, Database};
@@ -169,7 +169,7 @@ async fn run_through_a_kill_9(f: &Fixture, binary: &str, coll: &str, at_least: u
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_writer_stores_each_event_once_and_the_newest_order_through_kill_9_and_replay() {
-    let mut f = Fixture::new().await;
+    let f = Fixture::new().await;
     let opts = mixed(51);
     let count = 12_000;
     f.produce(opts.clone(), count, None).await;
@@ -231,7 +231,7 @@ async fn ingest_writer_stores_each_event_once_and_the_newest_order_through_kill_
     // Replaying every record (a new group from the beginning) changes no byte.
     let before = (fingerprint(&d, EVENTS).await, fingerprint(&d, ORDERS).await);
     member.terminate(Duration::from_secs(30)).await;
-    f.group = group();
+    f.reset_group();
     let _replay = writer(&f, "ingest-writer", "replay");
     f.wait_caught_up(CAUGHT_UP).await;
     let after = (fingerprint(&d, EVENTS).await, fingerprint(&d, ORDERS).await);
@@ -445,7 +445,7 @@ async fn audit_redeliveries_are_no_ops_and_conflicts_are_rejected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_chain_survives_kill_9_and_replay_and_verify_names_tampering() {
-    let mut f = Fixture::new().await;
+    let f = Fixture::new().await;
     let opts = mixed(52);
     let count = 15_000;
     f.produce(opts.clone(), count, None).await;
@@ -479,7 +479,7 @@ async fn audit_chain_survives_kill_9_and_replay_and_verify_names_tampering() {
         fingerprint(&d, AUDIT_CHAIN).await,
     );
     member.terminate(Duration::from_secs(30)).await;
-    f.group = group();
+    f.reset_group();
     let mut replay = writer(&f, "audit-writer", "replay");
     f.wait_caught_up(CAUGHT_UP).await;
     replay.terminate(Duration::from_secs(30)).await;

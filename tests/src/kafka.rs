@@ -92,3 +92,24 @@ pub fn read_all(bootstrap: &str, topic: &str) -> Vec<OwnedMessage> {
     }
     out
 }
+
+/// Commits offset 0 for every partition of `topic` on behalf of `group` (as `kafka-consumer-groups
+/// --reset-offsets --to-earliest` does): the group's next member starts from the beginning.
+/// The group must have no members.
+pub fn reset_offsets(bootstrap: &str, group: &str, topic: &str) {
+    let partitions = partition_count(bootstrap, topic);
+    let resetter: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("offset resetter");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Offset(0))
+            .expect("tpl");
+    }
+    resetter
+        .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+        .expect("offsets reset");
+}

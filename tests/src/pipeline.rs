@@ -117,6 +117,20 @@ impl Fixture {
         })
     }
 
+    /// Moves the group's committed offsets back to the beginning of every partition (the
+    /// group must have no running member).
+    pub fn reset_group(&self) {
+        let bootstrap = stack().kafka_bootstrap;
+        for t in self.topics() {
+            crate::kafka::reset_offsets(&bootstrap, &self.group, t);
+        }
+        assert!(
+            self.committed().values().all(|c| *c == Some(0)),
+            "offsets reset to 0: {:?}",
+            self.committed()
+        );
+    }
+
     pub async fn wait_caught_up(&self, timeout: Duration) {
         wait_for(
             "the group to commit the end of every partition",
