@@ -56,6 +56,79 @@ enum Cmd {
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// The Redis cache that cache-updater maintains.
+    #[command(subcommand)]
+    Cache(CacheCmd),
+}
+
+#[derive(Args, Clone)]
+struct Redis {
+    /// Seed nodes, comma-separated.
+    #[arg(
+        long,
+        env = "EVENTPIPE_REDIS_NODES",
+        default_value = "127.0.0.1:7000",
+        value_delimiter = ','
+    )]
+    redis_nodes: Vec<String>,
+    /// `sink.keys.prefix` of the cache-updater that wrote the keys.
+    #[arg(long, default_value = "")]
+    prefix: String,
+}
+
+#[derive(Subcommand)]
+enum CacheCmd {
+    /// Read one of the cache's structures.
+    Get {
+        #[command(flatten)]
+        redis: Redis,
+        #[command(subcommand)]
+        what: CacheGet,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheGet {
+    /// Counts by event type per minute.
+    Counters {
+        #[arg(long)]
+        tenant: String,
+        /// First minute, yyyyMMddHHmm (UTC); default: 10 minutes before --to.
+        #[arg(long)]
+        from: Option<String>,
+        /// Last minute, yyyyMMddHHmm (UTC); default: now.
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// A user's recent events, newest first.
+    Timeline {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        user: String,
+    },
+    /// Distinct users of a tenant on a day (HyperLogLog estimate).
+    UniqueUsers {
+        #[arg(long)]
+        tenant: String,
+        /// yyyyMMdd (UTC); default: today.
+        #[arg(long)]
+        day: Option<String>,
+    },
+    /// A session's state.
+    Session {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        session: String,
+    },
+    /// An order's newest state.
+    Order {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        order: String,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -275,6 +348,7 @@ async fn execute(cmd: Cmd) -> Result<(), String> {
                 .await?;
             print!("{report}");
         }
+        Cmd::Cache(CacheCmd::Get { redis, what }) => cache_get(redis, what).await?,
         Cmd::Audit(AuditCmd::Verify { mongo, tenant }) => {
             let client = mongodb::Client::with_uri_str(&mongo.mongodb_uri)
                 .await
@@ -345,5 +419,81 @@ async fn main() -> ExitCode {
             eprintln!("pipelinectl: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+async fn cache_get(redis: Redis, what: CacheGet) -> Result<(), String> {
+    use cache_updater::{keys, read};
+    let config = eventpipe_stores::RedisConfig::new(redis.redis_nodes);
+    let client = config.connect().await.map_err(|e| e.to_string())?;
+    let p = redis.prefix.as_str();
+    let err = |e: fred::error::Error| e.to_string();
+    match what {
+        CacheGet::Counters { tenant, from, to } => {
+            let to = match to {
+                Some(m) => keys::parse_minute(&m)?,
+                None => bson::DateTime::now().timestamp_millis(),
+            };
+            let from = match from {
+                Some(m) => keys::parse_minute(&m)?,
+                None => to - 10 * keys::MINUTE_MS,
+            };
+            let counts = read::counters(&client, p, &tenant, from, to)
+                .await
+                .map_err(err)?;
+            if counts.is_empty() {
+                println!("no counters for {tenant} in that range");
+            }
+            for (minute, by_type) in counts {
+                let line: Vec<String> = by_type.iter().map(|(t, n)| format!("{t}={n}")).collect();
+                println!("{minute}  {}", line.join(" "));
+            }
+        }
+        CacheGet::Timeline { tenant, user } => {
+            for e in read::timeline(&client, p, &tenant, &user)
+                .await
+                .map_err(err)?
+            {
+                let at = bson::DateTime::from_millis(e.event_time)
+                    .try_to_rfc3339_string()
+                    .unwrap_or_else(|_| e.event_time.to_string());
+                println!("{at}  {:<28} {}", e.event_type, e.event_id);
+            }
+        }
+        CacheGet::UniqueUsers { tenant, day } => {
+            let day = match day {
+                Some(d) => d,
+                None => keys::day(bson::DateTime::now().timestamp_millis())
+                    .map_err(|e| e.to_string())?,
+            };
+            let n = read::unique_users(&client, p, &tenant, &day)
+                .await
+                .map_err(err)?;
+            println!("{tenant} {day}: ~{n} distinct users");
+        }
+        CacheGet::Session { tenant, session } => {
+            print_hash(
+                read::session(&client, p, &tenant, &session)
+                    .await
+                    .map_err(err)?,
+            );
+        }
+        CacheGet::Order { tenant, order } => {
+            print_hash(
+                read::order(&client, p, &tenant, &order)
+                    .await
+                    .map_err(err)?,
+            );
+        }
+    }
+    Ok(())
+}
+
+fn print_hash(map: std::collections::BTreeMap<String, String>) {
+    if map.is_empty() {
+        println!("not in the cache (unknown or expired)");
+    }
+    for (k, v) in map {
+        println!("{k}: {v}");
     }
 }
