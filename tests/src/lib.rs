@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 pub mod kafka;
 pub mod pipeline;
+pub mod redis;
 
 pub use local_stack::testing::{database, group, stack, topic, unique};
 

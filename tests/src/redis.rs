@@ -1,0 +1,293 @@
+//! Reading a Redis Cluster from outside the pipeline, and crashing its nodes.
+
+use std::collections::BTreeMap;
+
+use fred::prelude::*;
+use fred::types::{ClusterHash, CustomCommand};
+use futures::TryStreamExt;
+use local_stack::StackSpec;
+
+use crate::stack;
+
+/// A cluster client on the stack under test.
+pub async fn client() -> Client {
+    eventpipe_stores::RedisConfig::new(stack().redis_nodes)
+        .connect()
+        .await
+        .expect("Redis Cluster client")
+}
+
+async fn custom<R: FromValue>(client: &Client, cmd: &'static str, args: Vec<String>) -> R {
+    client
+        .custom(
+            CustomCommand::new_static(cmd, ClusterHash::FirstKey, false),
+            args,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"))
+}
+
+/// Every key under `prefix` (on every master) with its content and absolute expiry, as text:
+/// hashes as sorted `field=value`, sorted sets as `member@score` in rank order, HyperLogLogs
+/// (`uu:` keys) as their count.
+pub async fn snapshot(client: &Client, prefix: &str) -> BTreeMap<String, String> {
+    let keys: Vec<Key> = client
+        .scan_cluster_buffered(format!("{prefix}*"), Some(1000), None)
+        .try_collect()
+        .await
+        .expect("SCAN");
+    let mut out = BTreeMap::new();
+    for key in keys {
+        let name = key.as_str().expect("utf-8 key").to_owned();
+        let kind = name[prefix.len()..].split(':').next().unwrap_or_default();
+        let value = match kind {
+            "tl" => {
+                let z: Vec<(String, f64)> = client
+                    .zrange(&name, 0, -1, None, false, None, true)
+                    .await
+                    .expect("ZRANGE");
+                z.iter()
+                    .map(|(m, s)| format!("{m}@{s}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            }
+            "uu" => {
+                let n: u64 = client.pfcount(&name).await.expect("PFCOUNT");
+                n.to_string()
+            }
+            _ => {
+                let h: BTreeMap<String, String> = client.hgetall(&name).await.expect("HGETALL");
+                h.iter()
+                    .map(|(f, v)| format!("{f}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            }
+        };
+        let expires: i64 = custom(client, "PEXPIRETIME", vec![name.clone()]).await;
+        out.insert(name, format!("{value} expires={expires}"));
+    }
+    out
+}
+
+/// The stack whose endpoints the tests use (to stop and start its services).
+pub fn stack_spec() -> StackSpec {
+    let want = stack();
+    let dir = local_stack::cache_dir().join("stacks");
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|name| StackSpec::load(&name).ok())
+        .find(|s| s.endpoints() == want)
+        .expect("the stack under test is a local stack")
+}
+
+/// `redis-cli` against one node (not in cluster mode).
+pub fn node_cli(node: &str, args: &[&str]) -> String {
+    let (host, port) = node.rsplit_once(':').expect("host:port");
+    let out = std::process::Command::new("redis-cli")
+        .args(["-h", host, "-p", port])
+        .args(args)
+        .output()
+        .expect("redis-cli runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Live masters and the slot ranges each serves, from `CLUSTER NODES` on `seed`.
+pub fn masters(seed: &str) -> Vec<(String, Vec<(u16, u16)>)> {
+    let mut out = Vec::new();
+    for line in node_cli(seed, &["cluster", "nodes"]).lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 8 || !f[2].contains("master") || f[2].contains("fail") {
+            continue;
+        }
+        let addr = f[1].split('@').next().expect("addr").to_owned();
+        let ranges = f[8..]
+            .iter()
+            .filter(|r| !r.starts_with('['))
+            .filter_map(|r| match r.split_once('-') {
+                Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+                None => {
+                    let s = r.parse().ok()?;
+                    Some((s, s))
+                }
+            })
+            .collect::<Vec<_>>();
+        if !ranges.is_empty() {
+            out.push((addr, ranges));
+        }
+    }
+    out
+}
+
+/// The master serving `slot`.
+pub fn master_of(masters: &[(String, Vec<(u16, u16)>)], slot: u16) -> String {
+    masters
+        .iter()
+        .find(|(_, r)| r.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
+        .map(|(addr, _)| addr.clone())
+        .unwrap_or_else(|| panic!("slot {slot} has a master"))
+}
+
+/// Whether every node of the cluster reports `cluster_state:ok`, no node is flagged failing,
+/// and every master has a replica.
+pub fn cluster_healthy(nodes: &[String]) -> bool {
+    let states_ok = nodes
+        .iter()
+        .all(|n| node_cli(n, &["cluster", "info"]).contains("cluster_state:ok"));
+    let table = node_cli(&nodes[0], &["cluster", "nodes"]);
+    let masters = table.lines().filter(|l| l.contains("master")).count();
+    let replicas = table.lines().filter(|l| l.contains("slave")).count();
+    states_ok && !table.contains("fail") && masters == 3 && replicas == 3
+}
+
+/// What `cache-updater` should leave in Redis after a stream, computed from the generator.
+#[derive(Debug, Default)]
+pub struct Oracle {
+    /// (tenant, minute) → event type → records (every record counts once, re-sent ones too).
+    pub counters: BTreeMap<(String, String), BTreeMap<String, i64>>,
+    /// (tenant, user) → the newest `timeline_length` (event_time, member).
+    pub timelines: BTreeMap<(String, String), Vec<(i64, String)>>,
+    /// (tenant, day) → distinct users.
+    pub unique_users: BTreeMap<(String, String), std::collections::BTreeSet<String>>,
+    /// (tenant, session) → (newest event time, its event id, earliest event time).
+    pub sessions: BTreeMap<(String, String), (i64, String, i64)>,
+    /// (tenant, order) → (newest version, its status).
+    pub orders: BTreeMap<(String, String), (i64, String)>,
+}
+
+impl Oracle {
+    pub fn new(opts: &pipelinectl::generate::Options, count: u64, timeline_length: usize) -> Self {
+        use cache_updater::keys;
+        use pipelinectl::generate::{Body, Generator};
+        let mut o = Oracle::default();
+        for g in Generator::new(opts.clone()).take(count as usize) {
+            let (tenant, event_type, time) = match &g.body {
+                Body::Platform(e) => (e.tenant_id.clone(), e.event_type.clone(), e.event_time),
+                Body::Order(e) => (e.tenant_id.clone(), e.event_type.clone(), e.event_time),
+            };
+            let minute = keys::minute(time).expect("minute");
+            *o.counters
+                .entry((tenant.clone(), minute))
+                .or_default()
+                .entry(event_type)
+                .or_default() += 1;
+            match g.body {
+                Body::Platform(e) => {
+                    let user = e.actor.user_id.clone();
+                    o.timelines
+                        .entry((tenant.clone(), user.clone()))
+                        .or_default()
+                        .push((time, keys::timeline_member(&e.event_type, &e.event_id)));
+                    o.unique_users
+                        .entry((tenant.clone(), keys::day(time).expect("day")))
+                        .or_default()
+                        .insert(user);
+                    if let Some(s) = e.actor.session_id {
+                        let entry = o.sessions.entry((tenant, s)).or_insert((
+                            time,
+                            e.event_id.clone(),
+                            time,
+                        ));
+                        if (time, &e.event_id) > (entry.0, &entry.1) {
+                            entry.0 = time;
+                            entry.1 = e.event_id.clone();
+                        }
+                        entry.2 = entry.2.min(time);
+                    }
+                }
+                Body::Order(e) => {
+                    let entry = o
+                        .orders
+                        .entry((tenant, e.order_id))
+                        .or_insert((0, String::new()));
+                    if e.version > entry.0 {
+                        *entry = (e.version, e.status);
+                    }
+                }
+            }
+        }
+        for entries in o.timelines.values_mut() {
+            entries.sort();
+            entries.dedup();
+            let skip = entries.len().saturating_sub(timeline_length);
+            entries.drain(..skip);
+        }
+        o
+    }
+
+    /// Compares the cache under `prefix` with the oracle; the HyperLogLog counts within
+    /// their error bound, everything else exactly. Returns the differences.
+    pub async fn diff(&self, client: &Client, prefix: &str) -> Vec<String> {
+        use cache_updater::{keys, read};
+        let mut out = Vec::new();
+        for ((tenant, minute), want) in &self.counters {
+            let key = format!("{prefix}{}", keys::counters(tenant, minute));
+            let got: BTreeMap<String, i64> = client.hgetall(&key).await.expect("HGETALL");
+            if &got != want {
+                out.push(format!("{key}: {got:?} != {want:?}"));
+            }
+        }
+        for ((tenant, user), want) in &self.timelines {
+            let got: Vec<(i64, String)> = read::timeline(client, prefix, tenant, user)
+                .await
+                .expect("timeline")
+                .into_iter()
+                .rev()
+                .map(|e| {
+                    (
+                        e.event_time,
+                        keys::timeline_member(&e.event_type, &e.event_id),
+                    )
+                })
+                .collect();
+            if &got != want {
+                out.push(format!(
+                    "timeline {tenant}/{user}: {} entries != {}",
+                    got.len(),
+                    want.len()
+                ));
+            }
+        }
+        for ((tenant, day), users) in &self.unique_users {
+            let got = read::unique_users(client, prefix, tenant, day)
+                .await
+                .expect("PFCOUNT") as f64;
+            let want = users.len() as f64;
+            if (got - want).abs() > (want * 0.03).max(2.0) {
+                out.push(format!("unique users {tenant}/{day}: {got} vs {want}"));
+            }
+        }
+        for ((tenant, session), (last, last_id, started)) in &self.sessions {
+            let got = read::session(client, prefix, tenant, session)
+                .await
+                .expect("session");
+            let want = [
+                ("last_event_time", last.to_string()),
+                ("last_event_id", last_id.clone()),
+                ("started_at", started.to_string()),
+            ];
+            for (f, v) in want {
+                if got.get(f) != Some(&v) {
+                    out.push(format!(
+                        "session {tenant}/{session} {f}: {:?} != {v}",
+                        got.get(f)
+                    ));
+                }
+            }
+        }
+        for ((tenant, order), (version, status)) in &self.orders {
+            let got = read::order(client, prefix, tenant, order)
+                .await
+                .expect("order");
+            if got.get("version") != Some(&version.to_string()) || got.get("status") != Some(status)
+            {
+                out.push(format!(
+                    "order {tenant}/{order}: {:?}/{:?} != {version}/{status}",
+                    got.get("version"),
+                    got.get("status")
+                ));
+            }
+        }
+        out
+    }
+}
