@@ -40,6 +40,7 @@ pub fn cache_sink(prefix: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cache_equals_the_oracle_and_a_replay_changes_nothing() {
+    eventpipe_tests::redis::wait_healthy().await;
     let f = Fixture::new().await;
     let prefix = format!("{}:", unique("replay"));
     let opts = Options {
@@ -172,6 +173,7 @@ fn order(tenant: &str, version: i64, offset: i64) -> Record {
 }
 
 async fn sink(prefix: &str) -> CacheSink {
+    eventpipe_tests::redis::wait_healthy().await;
     let mut config = RedisConfig::new(stack().redis_nodes);
     config.keys.prefix = prefix.to_owned();
     CacheSink::connect(&config).await.expect("cache sink")
@@ -254,6 +256,7 @@ async fn redelivered_records_are_not_counted_twice_whatever_the_batch_boundaries
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_tenants_spread_over_every_master_with_all_their_keys_in_one_slot() {
+    eventpipe_tests::redis::wait_healthy().await;
     let redis = client().await;
     let nodes = stack().redis_nodes;
     let masters = masters(&nodes[0]);

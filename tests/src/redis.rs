@@ -129,15 +129,34 @@ pub fn master_of(masters: &[(String, Vec<(u16, u16)>)], slot: u16) -> String {
 }
 
 /// Whether every node of the cluster reports `cluster_state:ok`, no node is flagged failing,
-/// and every master has a replica.
+/// there are three masters and three replicas, and every replica is in sync with its master.
 pub fn cluster_healthy(nodes: &[String]) -> bool {
-    let states_ok = nodes
-        .iter()
-        .all(|n| node_cli(n, &["cluster", "info"]).contains("cluster_state:ok"));
     let table = node_cli(&nodes[0], &["cluster", "nodes"]);
     let masters = table.lines().filter(|l| l.contains("master")).count();
     let replicas = table.lines().filter(|l| l.contains("slave")).count();
-    states_ok && !table.contains("fail") && masters == 3 && replicas == 3
+    if table.contains("fail") || masters != 3 || replicas != 3 {
+        return false;
+    }
+    nodes.iter().all(|n| {
+        let replication = node_cli(n, &["info", "replication"]);
+        let synced = if replication.contains("role:slave") {
+            replication.contains("master_link_status:up")
+        } else {
+            replication.contains("state=online")
+        };
+        synced && node_cli(n, &["cluster", "info"]).contains("cluster_state:ok")
+    })
+}
+
+/// Waits until [`cluster_healthy`] (a previous failover test may still be resyncing).
+pub async fn wait_healthy() {
+    let nodes = stack().redis_nodes;
+    crate::wait_for(
+        "a healthy Redis Cluster",
+        std::time::Duration::from_secs(120),
+        || async { cluster_healthy(&nodes).then_some(()) },
+    )
+    .await;
 }
 
 /// What `cache-updater` should leave in Redis after a stream, computed from the generator.
