@@ -304,8 +304,9 @@ impl CacheSink {
         Ok(())
     }
 
-    /// Sends the plan as one pipeline; one result per command.
-    async fn send(&self, ops: &[Op]) -> Result<Vec<Result<Value, Error>>, SinkError> {
+    /// Sends the plan as one pipeline, nothing else (no outcome mapping, no `WAIT`); one
+    /// result per command (two for a `PFADD` with its `EXPIREAT`).
+    pub async fn send(&self, ops: &[Op]) -> Result<Vec<Result<Value, Error>>, SinkError> {
         let pipeline = self.client.pipeline();
         let queue = |r: Result<(), Error>| r.map_err(|e| classify(&e));
         for op in ops {

@@ -4,25 +4,31 @@
 //! the medians.
 //!
 //! - [`runtime`]: what the consumer runtime costs over a bare consumer;
-//! - [`ingest`]: `ingest-writer` against a raw batched-write ceiling and a naive consumer.
+//! - [`ingest`]: `ingest-writer` against a raw batched-write ceiling and a naive consumer;
+//! - [`cache`]: `cache-updater` against a raw pipelined-write ceiling.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use eventpipe_events::registry::SchemaRegistry;
+use eventpipe_events::AnyDecoder;
 use eventpipe_runtime::app::Context;
 use eventpipe_runtime::config::{
     AdminConfig, BatchConfig, ConsumerConfig, FlowConfig, KafkaConfig, LogConfig, PipelineConfig,
     RegistryConfig, RetryConfig,
 };
-use eventpipe_runtime::sink::{Outcome, Record, Sink, SinkError};
+use eventpipe_runtime::sink::{Outcome, Record, Sink, SinkError, Source};
 use eventpipe_runtime::telemetry::Readiness;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::generate::Options;
 use crate::produce::{self, Target};
 use crate::setup;
 
+pub mod cache;
 pub mod ingest;
 pub mod runtime;
 
@@ -239,4 +245,53 @@ async fn runtime_rate<S: Sink>(
         (Some(f), Some(l)) => Ok(target as f64 / (l - f).as_secs_f64()),
         _ => Err("the runtime consumer saw no records".into()),
     }
+}
+
+/// Every record of `topics`, decoded, one vector per partition in offset order.
+async fn load(args: &BenchArgs, topics: &[String]) -> Result<Vec<Vec<Record>>, String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &args.bootstrap)
+        .set("group.id", group())
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| e.to_string())?;
+    let decoder = AnyDecoder::new(Arc::new(SchemaRegistry::new(&args.registry)));
+    let timeout = Duration::from_secs(10);
+    let mut out = Vec::new();
+    for t in topics {
+        let topic: Arc<str> = Arc::from(t.as_str());
+        for p in 0..PARTITIONS {
+            let (low, high) = consumer
+                .fetch_watermarks(t, p, timeout)
+                .map_err(|e| e.to_string())?;
+            let mut records = Vec::with_capacity((high - low).max(0) as usize);
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(t, p, Offset::Offset(low))
+                .map_err(|e| e.to_string())?;
+            consumer.assign(&tpl).map_err(|e| e.to_string())?;
+            while records.len() < (high - low) as usize {
+                let m = match consumer.poll(timeout) {
+                    Some(m) => m.map_err(|e| e.to_string())?,
+                    None => return Err(format!("{t}/{p} stalled reading the backlog")),
+                };
+                let d = decoder
+                    .decode(m.key(), m.payload())
+                    .await
+                    .map_err(|e| format!("{t}/{p}@{}: {e}", m.offset()))?;
+                records.push(Record {
+                    source: Source {
+                        topic: topic.clone(),
+                        partition: p,
+                        offset: m.offset(),
+                        timestamp: m.timestamp().to_millis(),
+                    },
+                    event: d.event,
+                    schema_id: d.schema_id,
+                    schema_version: d.schema_version,
+                });
+            }
+            out.push(records);
+        }
+    }
+    Ok(out)
 }

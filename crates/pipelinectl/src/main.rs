@@ -190,6 +190,26 @@ enum BenchCmd {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// cache-updater end to end vs. the same Redis commands sent as raw fred pipelines.
+    Cache {
+        #[command(flatten)]
+        endpoints: Endpoints,
+        /// Seed nodes, comma-separated; each run writes under a fresh key prefix and deletes
+        /// its keys afterwards.
+        #[arg(
+            long,
+            env = "EVENTPIPE_REDIS_NODES",
+            default_value = "127.0.0.1:7000",
+            value_delimiter = ','
+        )]
+        redis_nodes: Vec<String>,
+        /// Records in the backlog.
+        #[arg(long, default_value_t = 100_000)]
+        events: u64,
+        /// Runs of each contender (alternating); medians are reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
 }
 
 #[derive(Args)]
@@ -346,6 +366,24 @@ async fn execute(cmd: Cmd) -> Result<(), String> {
                     naive_events,
                 })
                 .await?;
+            print!("{report}");
+        }
+        Cmd::Bench(BenchCmd::Cache {
+            endpoints: e,
+            redis_nodes,
+            events,
+            runs,
+        }) => {
+            let report = pipelinectl::bench::cache::cache(pipelinectl::bench::cache::CacheArgs {
+                bench: pipelinectl::bench::BenchArgs {
+                    bootstrap: e.bootstrap_servers,
+                    registry: e.schema_registry,
+                    events,
+                    runs: runs.max(1),
+                },
+                redis_nodes,
+            })
+            .await?;
             print!("{report}");
         }
         Cmd::Cache(CacheCmd::Get { redis, what }) => cache_get(redis, what).await?,

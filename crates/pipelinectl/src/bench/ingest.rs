@@ -28,10 +28,10 @@ use futures::future::try_join_all;
 use ingest_writer::{docs, fold_orders, IngestSink, EVENTS, ORDERS};
 use mongodb::error::ErrorKind;
 use mongodb::Database;
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::{ClientConfig, Message};
 
-use super::{backlog, cores, group, ratio, runtime_rate, table, unique, BenchArgs, Series};
+use super::{backlog, cores, group, load, ratio, runtime_rate, table, unique, BenchArgs, Series};
 use crate::generate::Options;
 
 pub struct IngestArgs {
@@ -126,55 +126,6 @@ where
     let db = config.connect("bench").await.map_err(|e| e.to_string())?;
     db.drop().await.map_err(|e| e.to_string())?;
     rate
-}
-
-/// Every record of `topics`, decoded, one vector per partition in offset order.
-async fn load(args: &BenchArgs, topics: &[String]) -> Result<Vec<Vec<Record>>, String> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &args.bootstrap)
-        .set("group.id", group())
-        .set("enable.auto.commit", "false")
-        .create()
-        .map_err(|e| e.to_string())?;
-    let decoder = AnyDecoder::new(Arc::new(SchemaRegistry::new(&args.registry)));
-    let timeout = Duration::from_secs(10);
-    let mut out = Vec::new();
-    for t in topics {
-        let topic: Arc<str> = Arc::from(t.as_str());
-        for p in 0..super::PARTITIONS {
-            let (low, high) = consumer
-                .fetch_watermarks(t, p, timeout)
-                .map_err(|e| e.to_string())?;
-            let mut records = Vec::with_capacity((high - low).max(0) as usize);
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(t, p, Offset::Offset(low))
-                .map_err(|e| e.to_string())?;
-            consumer.assign(&tpl).map_err(|e| e.to_string())?;
-            while records.len() < (high - low) as usize {
-                let m = match consumer.poll(timeout) {
-                    Some(m) => m.map_err(|e| e.to_string())?,
-                    None => return Err(format!("{t}/{p} stalled reading the backlog")),
-                };
-                let d = decoder
-                    .decode(m.key(), m.payload())
-                    .await
-                    .map_err(|e| format!("{t}/{p}@{}: {e}", m.offset()))?;
-                records.push(Record {
-                    source: Source {
-                        topic: topic.clone(),
-                        partition: p,
-                        offset: m.offset(),
-                        timestamp: m.timestamp().to_millis(),
-                    },
-                    event: d.event,
-                    schema_id: d.schema_id,
-                    schema_version: d.schema_version,
-                });
-            }
-            out.push(records);
-        }
-    }
-    Ok(out)
 }
 
 async fn ceiling_rate(config: &MongoConfig, partitions: &[Vec<Record>]) -> Result<f64, String> {
