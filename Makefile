@@ -20,7 +20,7 @@ DEBIAN_PACKAGES := pkg-config libssl-dev zlib1g-dev libzstd-dev cmake redis-serv
 BINARIES := ingest-writer audit-writer aggregator cache-updater
 
 .PHONY: deps build run test stack-up stack-down stack-status test-stack-up test-stack-down \
-        lint schemas-check bench-runtime bench-ingest
+        lint schemas-check bench-runtime bench-ingest bench-cache
 
 deps:
 	@missing=$$(for p in $(DEBIAN_PACKAGES); do \
@@ -93,6 +93,15 @@ bench-ingest: stack-up
 	set -a; source target/stack.env; set +a; \
 	target/release/pipelinectl bench ingest --events $(BENCH_INGEST_EVENTS) \
 	  --naive-events $(BENCH_NAIVE_EVENTS) --runs $(BENCH_RUNS)
+
+# cache-updater end to end vs. the same Redis commands as raw fred pipelines (no Kafka).
+# `make bench-cache BENCH_CACHE_EVENTS=200000`.
+BENCH_CACHE_EVENTS ?= 100000
+
+bench-cache: stack-up
+	$(CARGO) build --release -p pipelinectl
+	set -a; source target/stack.env; set +a; \
+	target/release/pipelinectl bench cache --events $(BENCH_CACHE_EVENTS) --runs $(BENCH_RUNS)
 
 # Each schema version can read every earlier one (BACKWARD_TRANSITIVE) and the samples match.
 schemas-check:
