@@ -5,6 +5,7 @@
 //!
 //! `sink.stall_file`: while that file exists every write waits, like a sink that hangs.
 //! `sink.reject_event_type`: records of that event type are rejected (dead-lettered).
+//! `sink.late_event_type`: records of that event type are late (sent to the late topic).
 //! `sink.fatal_after`: once that many records are written, the next batch fails fatally.
 
 use std::io::Write;
@@ -27,6 +28,8 @@ struct ProbeConfig {
     #[serde(default)]
     reject_event_type: Option<String>,
     #[serde(default)]
+    late_event_type: Option<String>,
+    #[serde(default)]
     fatal_after: Option<u64>,
 }
 
@@ -46,6 +49,8 @@ struct ProbeSink {
 }
 
 impl Sink for ProbeSink {
+    const DIVERTS_LATE: bool = true;
+
     async fn write(&self, batch: &[Record]) -> Result<Vec<Outcome>, SinkError> {
         if let Some(stall) = &self.config.stall_file {
             while stall.exists() {
@@ -69,6 +74,13 @@ impl Sink for ProbeSink {
                 outcomes.push(Outcome::Rejected {
                     reason: "probe_rejected",
                     detail: format!("event type {event_type} is rejected by configuration"),
+                });
+                continue;
+            }
+            if self.config.late_event_type.as_deref() == Some(event_type.as_str()) {
+                outcomes.push(Outcome::Late {
+                    reason: "probe_late",
+                    detail: format!("event type {event_type} is late by configuration"),
                 });
                 continue;
             }

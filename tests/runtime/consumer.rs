@@ -335,7 +335,7 @@ pause_after_ms = 500
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn poison_records_land_in_the_dlq_with_their_headers_and_the_partition_flows() {
+async fn poison_and_late_records_land_in_their_topics_with_headers_and_the_partition_flows() {
     let f = Fixture::new().await;
     let opts = Options {
         seed: 25,
@@ -343,8 +343,14 @@ async fn poison_records_land_in_the_dlq_with_their_headers_and_the_partition_flo
         ..Options::default()
     };
     let summary = f.produce(opts, 4_000, None).await;
-    let mut probe = f.start("p", r#"reject_event_type = "security.alert""#);
+    let mut probe = f.start(
+        "p",
+        "reject_event_type = \"security.alert\"\nlate_event_type = \"user.logout\"",
+    );
     f.wait_caught_up(Duration::from_secs(120)).await;
+    let late_metric = probe
+        .metric_sum("eventpipe_records_late_total", &["reason=\"probe_late\""])
+        .await;
     let (status, _) = probe.terminate(Duration::from_secs(30)).await;
     assert!(status.success());
 
@@ -413,16 +419,49 @@ async fn poison_records_land_in_the_dlq_with_their_headers_and_the_partition_flo
     );
     assert_eq!(expected.len(), 6, "all six poison classes produced");
 
+    // Late records: in `<topic>.late`, class `late`, original payload, counted.
+    let mut late: BTreeSet<Coord> = BTreeSet::new();
+    for t in f.topics() {
+        for m in read_all(&bootstrap, &format!("{t}.late")) {
+            let h = |k: &str| -> Option<String> {
+                m.headers()?
+                    .iter()
+                    .find(|h| h.key == k)
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            };
+            assert_eq!(h(header::ERROR_CLASS).as_deref(), Some("late"));
+            assert_eq!(h(header::ERROR_REASON).as_deref(), Some("probe_late"));
+            let coord = (
+                t.to_owned(),
+                h(header::SOURCE_PARTITION)
+                    .and_then(|v| v.parse().ok())
+                    .expect("partition"),
+                h(header::SOURCE_OFFSET)
+                    .and_then(|v| v.parse().ok())
+                    .expect("offset"),
+            );
+            let original = source.get(&coord).expect("the source record exists");
+            assert_eq!(original.payload(), m.payload(), "payload kept at {coord:?}");
+            assert!(late.insert(coord), "sent to the late topic once");
+        }
+    }
+    assert!(
+        !late.is_empty(),
+        "the sink found some user.logout events late"
+    );
+    assert_eq!(late_metric, Some(late.len() as f64), "late records counted");
+
     let got: BTreeSet<Coord> = written(&probe.record_to).into_iter().collect();
     assert!(
-        got.is_disjoint(&dead),
-        "nothing both written and dead-lettered"
+        got.is_disjoint(&dead) && got.is_disjoint(&late) && dead.is_disjoint(&late),
+        "each record in exactly one place"
     );
-    let both: BTreeSet<Coord> = got.union(&dead).cloned().collect();
+    let all: BTreeSet<Coord> = got.union(&dead).chain(late.iter()).cloned().collect();
     assert_eq!(
-        both,
+        all,
         f.all_offsets(),
-        "every record written or dead-lettered"
+        "every record written, dead-lettered or sent to the late topic"
     );
 }
 

@@ -21,8 +21,8 @@ pub const PARTITIONS: i32 = 3;
 /// (topic, partition, offset)
 pub type Coord = (String, i32, i64);
 
-/// Fresh topics (with `.dlq` companions), registered schemas, a group, a database name and a
-/// scratch directory.
+/// Fresh topics (with `.dlq` and `.late` companions), registered schemas, a group, a database
+/// name and a scratch directory.
 pub struct Fixture {
     pub platform: String,
     pub orders: String,
@@ -38,7 +38,7 @@ impl Fixture {
         let (platform, orders) = (topic(), topic());
         let all: Vec<String> = [&platform, &orders]
             .iter()
-            .flat_map(|t| [t.to_string(), format!("{t}.dlq")])
+            .flat_map(|t| [t.to_string(), format!("{t}.dlq"), format!("{t}.late")])
             .collect();
         setup::create_topics(&s.kafka_bootstrap, &all, PARTITIONS)
             .await

@@ -196,6 +196,7 @@ async fn runtime_rate<S: Sink>(
             group_id: group(),
             topics: topics.to_vec(),
             dlq_suffix: ".dlq".into(),
+            late_suffix: ".late".into(),
             shutdown_deadline_ms: 30_000,
             commit_interval_ms: 1_000,
             revoke_timeout_ms: 10_000,

@@ -105,6 +105,9 @@ pub struct ConsumerConfig {
     /// Dead letters for topic `t` go to `t` + this suffix.
     #[serde(default = "default_dlq_suffix")]
     pub dlq_suffix: String,
+    /// Records a sink finds too late (or too early) for topic `t` go to `t` + this suffix.
+    #[serde(default = "default_late_suffix")]
+    pub late_suffix: String,
     /// How long SIGTERM may take to flush and commit before the process gives up.
     #[serde(default = "default_shutdown_deadline_ms")]
     pub shutdown_deadline_ms: u64,
@@ -241,6 +244,10 @@ impl Default for LogConfig {
     }
 }
 
+fn default_late_suffix() -> String {
+    ".late".to_owned()
+}
+
 fn default_dlq_suffix() -> String {
     ".dlq".to_owned()
 }
@@ -280,6 +287,14 @@ impl<S: Validate> Validate for PipelineConfig<S> {
         }
         if self.consumer.dlq_suffix.is_empty() {
             return Err(Invalid::new("consumer.dlq_suffix", "must not be empty"));
+        }
+        if self.consumer.late_suffix.is_empty()
+            || self.consumer.late_suffix == self.consumer.dlq_suffix
+        {
+            return Err(Invalid::new(
+                "consumer.late_suffix",
+                "must not be empty nor equal to consumer.dlq_suffix",
+            ));
         }
         if self.kafka.bootstrap_servers.trim().is_empty() {
             return Err(Invalid::new("kafka.bootstrap_servers", "must not be empty"));
@@ -604,6 +619,7 @@ uri = "mongodb://app:s3cret@127.0.0.1:27017/?replicaSet=rs0"
         let c = load_str(GOOD, &[]).expect("valid");
         assert_eq!(c.batch.max_records, 1000);
         assert_eq!(c.consumer.dlq_suffix, ".dlq");
+        assert_eq!(c.consumer.late_suffix, ".late");
         assert_eq!(c.log.format, LogFormat::Pretty);
     }
 

@@ -1,6 +1,7 @@
 //! The dead-letter topic: records that can never be written go to `<topic><dlq_suffix>` with
 //! their original key, value and headers, plus headers saying why and where they came from, so
-//! they can be inspected and replayed.
+//! they can be inspected and replayed. Records a sink finds outside its time window go the same
+//! way to `<topic><late_suffix>` (error class `late`).
 //!
 //! The producer is idempotent with `acks=all`; a record counts as dead-lettered (and its
 //! offset may be committed) only once the broker has acknowledged it.
@@ -46,12 +47,32 @@ impl RawRecord {
     }
 }
 
-/// Why a record is dead-lettered.
+/// Where a record that is not written goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// `<topic><dlq_suffix>`: it can never be written.
+    Dead,
+    /// `<topic><late_suffix>`: valid, but outside the sink's time window.
+    Late,
+}
+
+impl Lane {
+    /// The `eventpipe.error.class` header.
+    pub fn class(self) -> &'static str {
+        match self {
+            Lane::Dead => "permanent",
+            Lane::Late => "late",
+        }
+    }
+}
+
+/// Why a record is dead-lettered (or sent to the late topic).
 #[derive(Debug, Clone)]
 pub struct Verdict {
     pub reason: &'static str,
     pub message: String,
     pub schema_id: Option<u32>,
+    pub lane: Lane,
 }
 
 /// The headers of a dead letter: the record's own first, then ours.
@@ -70,7 +91,7 @@ pub fn headers(record: &RawRecord, verdict: &Verdict, consumer: &str) -> OwnedHe
     let timestamp = record.timestamp.map(|t| t.to_string());
     let schema_id = verdict.schema_id.map(|id| id.to_string());
     let ours: [(&str, Option<&str>); 9] = [
-        (header::ERROR_CLASS, Some("permanent")),
+        (header::ERROR_CLASS, Some(verdict.lane.class())),
         (header::ERROR_REASON, Some(verdict.reason)),
         (header::ERROR_MESSAGE, Some(&verdict.message)),
         (header::SOURCE_TOPIC, Some(&record.topic)),
@@ -111,6 +132,7 @@ pub(crate) fn is_connection_property(key: &str) -> bool {
 pub struct DeadLetters {
     producer: FutureProducer,
     suffix: String,
+    late_suffix: String,
     /// `<binary>/<group>`, the `eventpipe.consumer` header.
     consumer: String,
 }
@@ -135,17 +157,25 @@ impl DeadLetters {
         Ok(Self {
             producer,
             suffix: config.consumer.dlq_suffix.clone(),
+            late_suffix: config.consumer.late_suffix.clone(),
             consumer: format!("{binary}/{}", config.consumer.group_id),
         })
     }
 
     pub fn topic_for(&self, source_topic: &str) -> String {
-        format!("{source_topic}{}", self.suffix)
+        self.lane_topic(source_topic, Lane::Dead)
     }
 
-    /// Sends one dead letter and waits for the broker's acknowledgement.
+    pub fn lane_topic(&self, source_topic: &str, lane: Lane) -> String {
+        match lane {
+            Lane::Dead => format!("{source_topic}{}", self.suffix),
+            Lane::Late => format!("{source_topic}{}", self.late_suffix),
+        }
+    }
+
+    /// Sends one dead letter (or late record) and waits for the broker's acknowledgement.
     pub async fn send(&self, record: &RawRecord, verdict: &Verdict) -> Result<(), String> {
-        let topic = self.topic_for(&record.topic);
+        let topic = self.lane_topic(&record.topic, verdict.lane);
         let mut out: FutureRecord<'_, [u8], [u8]> =
             FutureRecord::to(&topic).headers(headers(record, verdict, &self.consumer));
         if let Some(k) = &record.key {
@@ -195,6 +225,7 @@ mod tests {
             reason: "malformed_body",
             message: "bad varint".into(),
             schema_id: Some(7),
+            lane: Lane::Dead,
         };
         let h = header_map(&headers(&record, &verdict, "ingest-writer/g"));
         let get = |k: &str| h.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
@@ -225,10 +256,12 @@ mod tests {
             reason: "missing_key",
             message: "no key".into(),
             schema_id: None,
+            lane: Lane::Late,
         };
         let h = header_map(&headers(&record, &verdict, "c"));
         assert!(h.iter().all(|(k, _)| k != header::SCHEMA_ID));
         assert!(h.iter().all(|(k, _)| k != header::SOURCE_TIMESTAMP));
+        assert!(h.contains(&(header::ERROR_CLASS.to_owned(), "late".to_owned())));
         assert_eq!(h.len(), 7);
     }
 

@@ -7,6 +7,7 @@ pub const RECORDS_CONSUMED: &str = "eventpipe_records_consumed_total";
 pub const RECORDS_WRITTEN: &str = "eventpipe_records_written_total";
 pub const RECORDS_SKIPPED: &str = "eventpipe_records_skipped_total";
 pub const RECORDS_DEAD_LETTERED: &str = "eventpipe_records_dead_lettered_total";
+pub const RECORDS_LATE: &str = "eventpipe_records_late_total";
 pub const RETRIES: &str = "eventpipe_retries_total";
 pub const BATCH_RECORDS: &str = "eventpipe_batch_records";
 pub const SINK_WRITE_SECONDS: &str = "eventpipe_sink_write_seconds";
@@ -43,6 +44,10 @@ pub fn describe() {
     describe_counter!(
         RECORDS_DEAD_LETTERED,
         "Records sent to the dead-letter topic and acknowledged, by reason."
+    );
+    describe_counter!(
+        RECORDS_LATE,
+        "Records the sink found outside its time window, sent to the late topic and acknowledged, by reason."
     );
     describe_counter!(
         RETRIES,

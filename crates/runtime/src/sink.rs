@@ -50,6 +50,14 @@ pub enum Outcome {
         reason: &'static str,
         detail: String,
     },
+    /// The record is valid but outside what the sink accepts in time (older than the allowed
+    /// lateness, or too far in the future): not written, forwarded to
+    /// `<topic><consumer.late_suffix>` with `reason` and `detail`. Only sinks that declare
+    /// [`Sink::DIVERTS_LATE`] may return it (their late topics are checked at start-up).
+    Late {
+        reason: &'static str,
+        detail: String,
+    },
 }
 
 /// A failure of the whole batch.
@@ -78,6 +86,10 @@ impl SinkError {
 }
 
 pub trait Sink: Send + Sync + 'static {
+    /// Whether [`Outcome::Late`] can come back from this sink; if so, the late topics of the
+    /// source topics must exist at start-up.
+    const DIVERTS_LATE: bool = false;
+
     /// Writes `batch` (one partition, offset order) and returns one outcome per record, in
     /// the same order. An `Err` means nothing in the batch may be considered written.
     fn write(
@@ -91,6 +103,8 @@ pub trait Sink: Send + Sync + 'static {
 
 /// A shared sink is a sink (the caller keeps a handle, e.g. to read what it counted).
 impl<T: Sink> Sink for Arc<T> {
+    const DIVERTS_LATE: bool = T::DIVERTS_LATE;
+
     fn write(
         &self,
         batch: &[Record],

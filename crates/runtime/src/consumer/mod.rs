@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::Context;
 use crate::config::PipelineConfig;
-use crate::dlq::DeadLetters;
+use crate::dlq::{DeadLetters, Lane};
 use crate::sink::Sink;
 
 use flow::Gate;
@@ -121,7 +121,7 @@ pub async fn run<C, S: Sink>(ctx: &Context<C>, sink: S) -> Result<(), RunError> 
         c.create()
             .map_err(|e| RunError::Setup(format!("cannot create a metadata client: {e}")))?
     };
-    let metadata = check_topics(metadata, config, &dead_letters).await?;
+    let metadata = check_topics(metadata, config, &dead_letters, S::DIVERTS_LATE).await?;
 
     let shutdown = ctx.shutdown.child_token();
     let fatal = Arc::new(Fatal {
@@ -204,21 +204,22 @@ pub async fn run<C, S: Sink>(ctx: &Context<C>, sink: S) -> Result<(), RunError> 
     }
 }
 
-/// Fails fast, naming the topic, when a source or dead-letter topic does not exist: consuming
-/// and then finding nowhere to put a bad record would stall a partition instead.
+/// Fails fast, naming the topic, when a source, dead-letter or (for a sink that diverts late
+/// records) late topic does not exist: consuming and then finding nowhere to put a bad record
+/// would stall a partition instead.
 async fn check_topics<C>(
     metadata: BaseConsumer,
     config: &PipelineConfig<C>,
     dead_letters: &DeadLetters,
+    late: bool,
 ) -> Result<BaseConsumer, RunError> {
     let mut wanted: Vec<String> = config.consumer.topics.clone();
-    wanted.extend(
-        config
-            .consumer
-            .topics
-            .iter()
-            .map(|t| dead_letters.topic_for(t)),
-    );
+    for t in &config.consumer.topics {
+        wanted.push(dead_letters.lane_topic(t, Lane::Dead));
+        if late {
+            wanted.push(dead_letters.lane_topic(t, Lane::Late));
+        }
+    }
     tokio::task::spawn_blocking(move || {
         let found = metadata
             .fetch_metadata(None, Duration::from_secs(30))
@@ -229,7 +230,7 @@ async fn check_topics<C>(
             .collect();
         if !missing.is_empty() {
             return Err(RunError::Setup(format!(
-                "topics {missing:?} do not exist (consumer.topics and their consumer.dlq_suffix companions; `pipelinectl topics` creates them)"
+                "topics {missing:?} do not exist (consumer.topics and their consumer.dlq_suffix and consumer.late_suffix companions; `pipelinectl topics` creates them)"
             )));
         }
         drop(found);

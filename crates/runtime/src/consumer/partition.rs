@@ -26,7 +26,7 @@ use super::flow::{Gate, PartitionState};
 use super::poller::PipelineContext;
 use super::Fatal;
 use crate::config::{BatchConfig, RetryConfig};
-use crate::dlq::{DeadLetters, RawRecord, Verdict};
+use crate::dlq::{DeadLetters, Lane, RawRecord, Verdict};
 use crate::metrics as m;
 use crate::sink::{Outcome, Record, Sink, SinkError, Source};
 
@@ -270,6 +270,16 @@ impl<S: Sink> Worker<S> {
                                 reason,
                                 message: detail,
                                 schema_id: Some(records[record_index].schema_id),
+                                lane: Lane::Dead,
+                            },
+                        )),
+                        Outcome::Late { reason, detail } => dead.push((
+                            raw_indexes[record_index],
+                            Verdict {
+                                reason,
+                                message: detail,
+                                schema_id: Some(records[record_index].schema_id),
+                                lane: Lane::Late,
                             },
                         )),
                     }
@@ -338,6 +348,7 @@ impl<S: Sink> Worker<S> {
                                 reason: e.reason(),
                                 message: e.to_string(),
                                 schema_id: e.schema_id(),
+                                lane: Lane::Dead,
                             },
                         ));
                         break;
@@ -393,7 +404,10 @@ impl<S: Sink> Worker<S> {
             for ((index, verdict), result) in remaining.into_iter().zip(results) {
                 match result {
                     Ok(()) => counter!(
-                        m::RECORDS_DEAD_LETTERED,
+                        match verdict.lane {
+                            Lane::Dead => m::RECORDS_DEAD_LETTERED,
+                            Lane::Late => m::RECORDS_LATE,
+                        },
                         "topic" => self.topic.to_string(),
                         "reason" => verdict.reason
                     )
