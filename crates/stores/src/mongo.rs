@@ -34,6 +34,33 @@ pub struct MongoConfig {
     pub pool: PoolConfig,
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// Event-time windows (`aggregator`).
+    #[serde(default)]
+    pub windows: WindowsConfig,
+}
+
+/// How late (or early) an event may be and still be folded into its buckets (`aggregator`).
+/// Lateness is measured against the partition's event-time watermark: the newest event time
+/// seen on that partition so far.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WindowsConfig {
+    pub minute_lateness_ms: i64,
+    pub hour_lateness_ms: i64,
+    pub day_lateness_ms: i64,
+    /// Events stamped further than this in the future (by the wall clock) are not folded.
+    pub future_skew_ms: i64,
+}
+
+impl Default for WindowsConfig {
+    fn default() -> Self {
+        Self {
+            minute_lateness_ms: 10 * 60_000,
+            hour_lateness_ms: 2 * 3_600_000,
+            day_lateness_ms: 2 * 86_400_000,
+            future_skew_ms: 5 * 60_000,
+        }
+    }
 }
 
 fn default_order_history() -> usize {
@@ -149,6 +176,17 @@ impl Validate for MongoConfig {
                 return Err(Invalid::new(key, "must be ≥ 1"));
             }
         }
+        let w = &self.windows;
+        for (key, ms) in [
+            ("sink.windows.minute_lateness_ms", w.minute_lateness_ms),
+            ("sink.windows.hour_lateness_ms", w.hour_lateness_ms),
+            ("sink.windows.day_lateness_ms", w.day_lateness_ms),
+            ("sink.windows.future_skew_ms", w.future_skew_ms),
+        ] {
+            if ms < 0 {
+                return Err(Invalid::new(key, "must be ≥ 0"));
+            }
+        }
         Ok(())
     }
 }
@@ -163,6 +201,7 @@ impl MongoConfig {
             write_concern: WriteConcernConfig::default(),
             pool: PoolConfig::default(),
             retention: RetentionConfig::default(),
+            windows: WindowsConfig::default(),
         }
     }
 

@@ -1,0 +1,416 @@
+//! `aggregator` against the real broker, registry and replica set: the buckets equal a
+//! straightforward computation over the same events, through replays, kill -9s and
+//! redeliveries cut at other offsets; late and future events go to `<topic>.late`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aggregator::{
+    order_effect, AggregatorSink, Granularity, EVENT_AGGREGATES, EVENT_GRANULARITIES,
+    ORDER_AGGREGATES, ORDER_GRANULARITIES,
+};
+use bson::{doc, DateTime, Document};
+use eventpipe_events::model::{Actor, Context, Severity};
+use eventpipe_events::{AnyEvent, PlatformEvent};
+use eventpipe_runtime::dlq::header;
+use eventpipe_runtime::sink::{Outcome, Record, Sink, Source};
+use eventpipe_stores::MongoConfig;
+use eventpipe_tests::kafka::read_all;
+use eventpipe_tests::pipeline::{workspace_binary, Fixture, Member};
+use eventpipe_tests::{database, stack, wait_for};
+use futures::TryStreamExt;
+use mongodb::{Client, Database};
+use pipelinectl::generate::{Body, Generator, Options, SchemaVersion};
+use rdkafka::message::Headers;
+use rdkafka::Message;
+use sha2::{Digest, Sha256};
+
+const CAUGHT_UP: Duration = Duration::from_secs(300);
+
+fn now_minute() -> i64 {
+    let now = DateTime::now().timestamp_millis();
+    now - now % 60_000
+}
+
+fn stream(seed: u64, start_time_ms: i64) -> Options {
+    Options {
+        seed,
+        tenants: 20,
+        duplicates: 0.03,
+        out_of_order: 0.1,
+        start_time_ms,
+        step_ms: 3,
+        ..Options::default()
+    }
+}
+
+/// (tenant, event_type, environment, granularity, bucket_start ms)
+type EventKey = (String, String, String, &'static str, i64);
+/// (tenant, currency, granularity, bucket_start ms)
+type OrderKey = (String, String, &'static str, i64);
+
+/// The buckets a stream should produce: every record counted once.
+#[derive(Default)]
+struct Oracle {
+    events: BTreeMap<EventKey, (i64, BTreeSet<String>, i64, i64)>,
+    orders: BTreeMap<OrderKey, [i64; 4]>,
+}
+
+impl Oracle {
+    fn new(opts: &Options, count: u64) -> Self {
+        let mut o = Oracle::default();
+        for g in Generator::new(opts.clone()).take(count as usize) {
+            match g.body {
+                Body::Platform(e) => {
+                    for gr in EVENT_GRANULARITIES {
+                        let key = (
+                            e.tenant_id.clone(),
+                            e.event_type.clone(),
+                            e.context.environment.clone(),
+                            gr.label(),
+                            gr.bucket(e.event_time),
+                        );
+                        let b = o.events.entry(key).or_insert((
+                            0,
+                            BTreeSet::new(),
+                            e.event_time,
+                            e.event_time,
+                        ));
+                        b.0 += 1;
+                        b.1.insert(e.actor.user_id.clone());
+                        b.2 = b.2.min(e.event_time);
+                        b.3 = b.3.max(e.event_time);
+                    }
+                }
+                Body::Order(mut e) => {
+                    // A v1 order event carries no refund: consumers read refunded_minor = 0.
+                    if g.version == SchemaVersion::V1 {
+                        e.refunded_minor = 0;
+                    }
+                    for gr in ORDER_GRANULARITIES {
+                        let key = (
+                            e.tenant_id.clone(),
+                            e.currency.clone(),
+                            gr.label(),
+                            gr.bucket(e.event_time),
+                        );
+                        let b = o.orders.entry(key).or_default();
+                        for (x, d) in b.iter_mut().zip(order_effect(&e)) {
+                            *x += d;
+                        }
+                    }
+                }
+            }
+        }
+        o
+    }
+
+    /// Differences between the oracle and the stored buckets (unique users within the
+    /// sketch's error, everything else exactly).
+    async fn diff(&self, db: &Database) -> Vec<String> {
+        let mut out = Vec::new();
+        let events = all(db, EVENT_AGGREGATES).await;
+        if events.len() != self.events.len() {
+            out.push(format!(
+                "{} event buckets stored, {} expected",
+                events.len(),
+                self.events.len()
+            ));
+        }
+        for d in &events {
+            let key: EventKey = (
+                text(d, "tenant_id"),
+                text(d, "event_type"),
+                text(d, "environment"),
+                granularity(&text(d, "granularity")),
+                date(d, "bucket_start"),
+            );
+            let Some((count, users, first, last)) = self.events.get(&key) else {
+                out.push(format!("unexpected bucket {key:?}"));
+                continue;
+            };
+            let got = (
+                int(d, "count"),
+                date(d, "first_event_time"),
+                date(d, "last_event_time"),
+            );
+            if got != (*count, *first, *last) {
+                out.push(format!("{key:?}: {got:?} != {:?}", (count, first, last)));
+            }
+            let estimate = int(d, "unique_users") as f64;
+            let exact = users.len() as f64;
+            // 3 standard errors at scale; small sets lose a user per register collision.
+            if (estimate - exact).abs() > (exact * 0.1).max(3.0) {
+                out.push(format!("{key:?}: unique users {estimate} vs {exact}"));
+            }
+        }
+        let orders = all(db, ORDER_AGGREGATES).await;
+        if orders.len() != self.orders.len() {
+            out.push(format!(
+                "{} order buckets stored, {} expected",
+                orders.len(),
+                self.orders.len()
+            ));
+        }
+        for d in &orders {
+            let key: OrderKey = (
+                text(d, "tenant_id"),
+                text(d, "currency"),
+                granularity(&text(d, "granularity")),
+                date(d, "bucket_start"),
+            );
+            let got = [
+                int(d, "created"),
+                int(d, "paid"),
+                int(d, "cancelled"),
+                int(d, "revenue_minor"),
+            ];
+            if self.orders.get(&key) != Some(&got) {
+                out.push(format!("{key:?}: {got:?} != {:?}", self.orders.get(&key)));
+            }
+        }
+        out
+    }
+}
+
+fn granularity(label: &str) -> &'static str {
+    [Granularity::Minute, Granularity::Hour, Granularity::Day]
+        .into_iter()
+        .map(Granularity::label)
+        .find(|l| *l == label)
+        .unwrap_or_else(|| panic!("granularity {label}"))
+}
+
+fn text(d: &Document, key: &str) -> String {
+    d.get_str(key)
+        .unwrap_or_else(|e| panic!("{key} of {d}: {e}"))
+        .to_owned()
+}
+
+fn int(d: &Document, key: &str) -> i64 {
+    match d.get(key) {
+        Some(bson::Bson::Int32(v)) => i64::from(*v),
+        Some(bson::Bson::Int64(v)) => *v,
+        Some(bson::Bson::Double(v)) => *v as i64,
+        other => panic!("{key} of {d} is not a number: {other:?}"),
+    }
+}
+
+fn date(d: &Document, key: &str) -> i64 {
+    d.get_datetime(key)
+        .unwrap_or_else(|e| panic!("{key} of {d}: {e}"))
+        .timestamp_millis()
+}
+
+async fn db(name: &str) -> Database {
+    Client::with_uri_str(stack().mongodb_uri)
+        .await
+        .expect("mongo client")
+        .database(name)
+}
+
+async fn all(db: &Database, coll: &str) -> Vec<Document> {
+    db.collection::<Document>(coll)
+        .find(doc! {})
+        .sort(doc! {"_id": 1})
+        .await
+        .expect("find")
+        .try_collect()
+        .await
+        .expect("cursor")
+}
+
+async fn fingerprint(db: &Database, coll: &str) -> String {
+    let mut h = Sha256::new();
+    for d in all(db, coll).await {
+        h.update(bson::serialize_to_vec(&d).expect("bson"));
+    }
+    hex::encode(h.finalize())
+}
+
+fn aggregator(f: &Fixture, name: &str) -> Member {
+    f.spawn(&workspace_binary("aggregator"), name, &f.mongo_sink())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buckets_equal_the_oracle_and_a_replay_changes_nothing() {
+    let f = Fixture::new().await;
+    let opts = stream(81, now_minute());
+    let count = 10_000;
+    f.produce(opts.clone(), count, None).await;
+    let mut first = aggregator(&f, "first");
+    f.wait_caught_up(CAUGHT_UP).await;
+    let d = db(&f.database).await;
+    let diff = Oracle::new(&opts, count).diff(&d).await;
+    assert!(
+        diff.is_empty(),
+        "{} differences: {:#?}",
+        diff.len(),
+        &diff[..diff.len().min(10)]
+    );
+    let before = (
+        fingerprint(&d, EVENT_AGGREGATES).await,
+        fingerprint(&d, ORDER_AGGREGATES).await,
+    );
+
+    first.terminate(Duration::from_secs(30)).await;
+    f.reset_group();
+    let mut replay = aggregator(&f, "replay");
+    f.wait_caught_up(CAUGHT_UP).await;
+    replay.terminate(Duration::from_secs(30)).await;
+    let after = (
+        fingerprint(&d, EVENT_AGGREGATES).await,
+        fingerprint(&d, ORDER_AGGREGATES).await,
+    );
+    assert_eq!(before, after, "a replay changed the aggregates");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_and_future_events_go_to_the_late_topic_not_into_buckets() {
+    let f = Fixture::new().await;
+    let now = now_minute();
+    let on_time = stream(82, now);
+    f.produce(on_time.clone(), 3_000, None).await;
+    // Three days old (beyond the 2-day lateness of day buckets), then an hour ahead (beyond the
+    // 5-minute skew).
+    f.produce(stream(83, now - 3 * 86_400_000), 400, None).await;
+    f.produce(stream(84, now + 3_600_000), 200, None).await;
+    let mut member = aggregator(&f, "a");
+    f.wait_caught_up(CAUGHT_UP).await;
+    let late_metric = member
+        .metric_sum("eventpipe_records_late_total", &["reason=\"late_event\""])
+        .await;
+    let future_metric = member
+        .metric_sum("eventpipe_records_late_total", &["reason=\"future_event\""])
+        .await;
+    member.terminate(Duration::from_secs(30)).await;
+
+    let d = db(&f.database).await;
+    let diff = Oracle::new(&on_time, 3_000).diff(&d).await;
+    assert!(
+        diff.is_empty(),
+        "only on-time events in buckets: {:#?}",
+        &diff[..diff.len().min(10)]
+    );
+
+    let bootstrap = stack().kafka_bootstrap;
+    let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
+    for t in f.topics() {
+        for m in read_all(&bootstrap, &format!("{t}.late")) {
+            let reason = m
+                .headers()
+                .and_then(|h| h.iter().find(|h| h.key == header::ERROR_REASON))
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .expect("reason header");
+            *reasons.entry(reason).or_default() += 1;
+        }
+    }
+    assert_eq!(
+        reasons,
+        BTreeMap::from([
+            ("future_event".to_owned(), 200),
+            ("late_event".to_owned(), 400)
+        ])
+    );
+    assert_eq!((late_metric, future_metric), (Some(400.0), Some(200.0)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_kill_9s_while_folding_200k_events_leave_exact_counts() {
+    let f = Fixture::new().await;
+    let opts = stream(85, now_minute());
+    let count = 200_000;
+    f.produce(opts.clone(), count, None).await;
+    let total: i64 = f.all_offsets().len() as i64;
+    let committed = || -> i64 { f.committed().values().map(|c| c.unwrap_or(0)).sum() };
+    // Ten kill points spread over the stream, jittered by the clock.
+    let jitter = DateTime::now().timestamp_millis() % 1000;
+    let mut member = aggregator(&f, "a0");
+    for k in 1..=10 {
+        let at = total * k / 12 + jitter * total / 40_000;
+        wait_for(
+            &format!("progress past {at} records"),
+            CAUGHT_UP,
+            || async { (committed() >= at).then_some(()) },
+        )
+        .await;
+        member.kill9();
+        member = aggregator(&f, &format!("a{k}"));
+    }
+    f.wait_caught_up(CAUGHT_UP).await;
+    member.terminate(Duration::from_secs(30)).await;
+    let d = db(&f.database).await;
+    let diff = Oracle::new(&opts, count).diff(&d).await;
+    assert!(
+        diff.is_empty(),
+        "{} differences after 10 kills: {:#?}",
+        diff.len(),
+        &diff[..diff.len().min(10)]
+    );
+}
+
+fn view(id: &str, offset: i64, time: i64) -> Record {
+    Record {
+        source: Source {
+            topic: Arc::from("platform.events"),
+            partition: 4,
+            offset,
+            timestamp: None,
+        },
+        event: AnyEvent::Platform(PlatformEvent {
+            tenant_id: "acme".into(),
+            event_id: id.into(),
+            event_type: "page.view".into(),
+            event_time: time,
+            actor: Actor {
+                user_id: format!("u{}", offset % 3),
+                session_id: None,
+                ip_address: None,
+                user_agent: None,
+            },
+            context: Context {
+                request_id: None,
+                trace_id: None,
+                environment: "production".into(),
+                service: "web".into(),
+                service_version: None,
+            },
+            payload: Default::default(),
+            compliance_required: false,
+            severity: Severity::Info,
+        }),
+        schema_id: 1,
+        schema_version: Some(2),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redeliveries_cut_at_other_offsets_are_not_counted_twice() {
+    let name = database();
+    let sink = AggregatorSink::connect(&MongoConfig::new(stack().mongodb_uri, &name))
+        .await
+        .expect("sink");
+    let t = now_minute();
+    let records: Vec<Record> = (0..10)
+        .map(|i| view(&format!("e{i}"), 100 + i, t + i))
+        .collect();
+    for range in [0..6, 0..3, 3..8, 8..10, 0..10] {
+        let out = sink.write(&records[range]).await.expect("write");
+        assert!(out.iter().all(|o| *o == Outcome::Written), "{out:?}");
+    }
+    let d = db(&name).await;
+    for gr in EVENT_GRANULARITIES {
+        let doc = d
+            .collection::<Document>(EVENT_AGGREGATES)
+            .find_one(doc! {"granularity": gr.label()})
+            .await
+            .expect("find")
+            .expect("bucket");
+        assert_eq!(int(&doc, "count"), 10, "{}", gr.label());
+        assert_eq!(int(&doc, "unique_users"), 3);
+        assert_eq!(date(&doc, "first_event_time"), t);
+        assert_eq!(date(&doc, "last_event_time"), t + 9);
+    }
+}
