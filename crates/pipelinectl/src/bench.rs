@@ -5,7 +5,8 @@
 //!
 //! - [`runtime`]: what the consumer runtime costs over a bare consumer;
 //! - [`ingest`]: `ingest-writer` against a raw batched-write ceiling and a naive consumer;
-//! - [`cache`]: `cache-updater` against a raw pipelined-write ceiling.
+//! - [`cache`]: `cache-updater` against a raw pipelined-write ceiling;
+//! - [`aggregate`]: `aggregator`'s folding rate against the raw consume+decode rate.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,6 +29,7 @@ use crate::generate::Options;
 use crate::produce::{self, Target};
 use crate::setup;
 
+pub mod aggregate;
 pub mod cache;
 pub mod ingest;
 pub mod runtime;
@@ -112,7 +114,7 @@ fn group() -> String {
     unique("bench")
 }
 
-/// Creates fresh `bench.platform.*`/`bench.orders.*` topics (with `.dlq` companions) and
+/// Creates fresh `bench.platform.*`/`bench.orders.*` topics (with `.dlq` and `.late` companions) and
 /// publishes `args.events` generated records; returns the two source topics.
 async fn backlog(args: &BenchArgs, opts: Options) -> Result<Vec<String>, String> {
     let suffix = unique("run");
@@ -120,7 +122,7 @@ async fn backlog(args: &BenchArgs, opts: Options) -> Result<Vec<String>, String>
     let orders = format!("bench.orders.{suffix}");
     let topics: Vec<String> = [&platform, &orders]
         .iter()
-        .flat_map(|t| [t.to_string(), format!("{t}.dlq")])
+        .flat_map(|t| [t.to_string(), format!("{t}.dlq"), format!("{t}.late")])
         .collect();
     setup::create_topics(&args.bootstrap, &topics, PARTITIONS).await?;
     let ids = setup::register_schemas(&args.registry, &platform, &orders).await?;
@@ -155,6 +157,8 @@ struct Counting<S> {
 }
 
 impl<S: Sink> Sink for Counting<S> {
+    const DIVERTS_LATE: bool = S::DIVERTS_LATE;
+
     async fn write(&self, batch: &[Record]) -> Result<Vec<Outcome>, SinkError> {
         self.first
             .lock()
@@ -181,6 +185,7 @@ async fn runtime_rate<S: Sink>(
     topics: &[String],
     sink: S,
     target: u64,
+    batch: BatchConfig,
 ) -> Result<f64, String> {
     let shutdown = CancellationToken::new();
     let sink = Arc::new(Counting {
@@ -211,7 +216,7 @@ async fn runtime_rate<S: Sink>(
             username: None,
             password: None,
         },
-        batch: BatchConfig::default(),
+        batch,
         flow: FlowConfig::default(),
         retry: RetryConfig::default(),
         admin: AdminConfig::default(),

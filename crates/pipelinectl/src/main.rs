@@ -190,6 +190,24 @@ enum BenchCmd {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// aggregator's events folded and bucket writes per second vs. raw consume+decode.
+    Aggregate {
+        #[command(flatten)]
+        endpoints: Endpoints,
+        /// Each run folds into a fresh database on this deployment, dropped afterwards.
+        #[arg(
+            long,
+            env = "EVENTPIPE_MONGODB_URI",
+            default_value = "mongodb://127.0.0.1:27017/?replicaSet=rs0"
+        )]
+        mongodb_uri: String,
+        /// Records in the backlog.
+        #[arg(long, default_value_t = 200_000)]
+        events: u64,
+        /// Runs of each contender (alternating); medians are reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// cache-updater end to end vs. the same Redis commands sent as raw fred pipelines.
     Cache {
         #[command(flatten)]
@@ -382,6 +400,25 @@ async fn execute(cmd: Cmd) -> Result<(), String> {
                     runs: runs.max(1),
                 },
                 redis_nodes,
+            })
+            .await?;
+            print!("{report}");
+        }
+        Cmd::Bench(BenchCmd::Aggregate {
+            endpoints: e,
+            mongodb_uri,
+            events,
+            runs,
+        }) => {
+            use pipelinectl::bench::aggregate::{aggregate, AggregateArgs};
+            let report = aggregate(AggregateArgs {
+                bench: pipelinectl::bench::BenchArgs {
+                    bootstrap: e.bootstrap_servers,
+                    registry: e.schema_registry,
+                    events,
+                    runs: runs.max(1),
+                },
+                mongodb_uri,
             })
             .await?;
             print!("{report}");

@@ -68,7 +68,7 @@ pub async fn cache(args: CacheArgs) -> Result<String, String> {
             .await
             .map_err(|e| e.to_string())?;
         let client = sink.client().clone();
-        let u = runtime_rate(&args.bench, &topics, sink, total).await?;
+        let u = runtime_rate(&args.bench, &topics, sink, total, BatchConfig::default()).await?;
         clean(&client, &config.keys.prefix).await?;
         eprintln!("run {run}: cache-updater {u:.0} records/s");
         updater.rates.push(u);

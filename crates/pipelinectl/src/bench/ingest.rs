@@ -89,7 +89,7 @@ pub async fn ingest(args: IngestArgs) -> Result<String, String> {
                 let sink = IngestSink::connect(&config)
                     .await
                     .map_err(|e| e.to_string())?;
-                runtime_rate(bench, topics, sink, total).await
+                runtime_rate(bench, topics, sink, total, BatchConfig::default()).await
             }
         })
         .await?;

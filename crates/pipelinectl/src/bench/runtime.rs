@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use eventpipe_events::registry::SchemaRegistry;
 use eventpipe_events::AnyDecoder;
+use eventpipe_runtime::config::BatchConfig;
 use eventpipe_runtime::sink::{Outcome, Record, Sink, SinkError};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{ClientConfig, Message};
@@ -37,7 +38,7 @@ pub async fn runtime(args: BenchArgs) -> Result<String, String> {
         let r = raw_rate(&args, &source).await?;
         eprintln!("run {}: raw {:.0} records/s", run + 1, r);
         raw.rates.push(r);
-        let t = runtime_rate(&args, &source, NoOp, args.events).await?;
+        let t = runtime_rate(&args, &source, NoOp, args.events, BatchConfig::default()).await?;
         eprintln!("run {}: runtime {:.0} records/s", run + 1, t);
         runtime.rates.push(t);
     }
@@ -52,7 +53,7 @@ pub async fn runtime(args: BenchArgs) -> Result<String, String> {
 }
 
 /// Receives and decodes every record in one task; records/s from first to last record.
-async fn raw_rate(args: &BenchArgs, topics: &[String]) -> Result<f64, String> {
+pub(super) async fn raw_rate(args: &BenchArgs, topics: &[String]) -> Result<f64, String> {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &args.bootstrap)
         .set("group.id", group())

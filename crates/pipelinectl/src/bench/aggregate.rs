@@ -1,0 +1,90 @@
+//! `pipelinectl bench aggregate`: how fast `aggregator` folds, against reading alone.
+//!
+//! One backlog (ending now, so no event is from the future) is read, each run, by:
+//! - raw: one rdkafka consumer that receives and decodes every record (the ceiling of any
+//!   consumer of these topics on this machine);
+//! - aggregator: the runtime with `AggregatorSink` on a fresh database, end to end, with the
+//!   batch (pre-aggregation window) of `pipelines/aggregator.toml`.
+//!
+//! It prints events folded per second, bucket writes issued per second, and the ratio of the
+//! folding rate to the raw rate.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use aggregator::AggregatorSink;
+use eventpipe_runtime::config::BatchConfig;
+use eventpipe_stores::MongoConfig;
+
+use super::runtime::raw_rate;
+use super::{backlog, cores, runtime_rate, table, unique, BenchArgs, Series};
+use crate::generate::Options;
+
+pub struct AggregateArgs {
+    pub bench: BenchArgs,
+    pub mongodb_uri: String,
+}
+
+pub async fn aggregate(args: AggregateArgs) -> Result<String, String> {
+    let _metrics = eventpipe_runtime::telemetry::install_metrics_recorder()?;
+    let now = bson::DateTime::now().timestamp_millis();
+    let step = 2;
+    let topics = backlog(
+        &args.bench,
+        Options {
+            seed: 17,
+            duplicates: 0.01,
+            out_of_order: 0.02,
+            start_time_ms: now - args.bench.events as i64 * step,
+            step_ms: step,
+            ..Options::default()
+        },
+    )
+    .await?;
+    let total = args.bench.events;
+    // As shipped in pipelines/aggregator.toml.
+    let window = BatchConfig {
+        max_records: 20_000,
+        max_bytes: 16 * 1024 * 1024,
+        max_age_ms: 2_000,
+    };
+    let mut raw = Series::new("raw rdkafka consume+decode");
+    let mut folded = Series::new("aggregator, events folded");
+    let mut writes = Series::new("aggregator, bucket writes issued");
+    for run in 1..=args.bench.runs {
+        let r = raw_rate(&args.bench, &topics).await?;
+        eprintln!("run {run}: raw {r:.0} records/s");
+        raw.rates.push(r);
+
+        let config = MongoConfig::new(&args.mongodb_uri, unique("bench_agg").replace('-', "_"));
+        let sink = Arc::new(
+            AggregatorSink::connect(&config)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+        let f = runtime_rate(&args.bench, &topics, sink.clone(), total, window.clone()).await?;
+        let statements = sink.statements.load(Ordering::Relaxed) as f64;
+        let w = statements / (total as f64 / f);
+        config
+            .connect("bench")
+            .await
+            .map_err(|e| e.to_string())?
+            .drop()
+            .await
+            .map_err(|e| e.to_string())?;
+        eprintln!("run {run}: aggregator {f:.0} events/s, {w:.0} writes/s");
+        folded.rates.push(f);
+        writes.rates.push(w);
+    }
+    Ok(format!(
+        "aggregate benchmark: {total} records over 2 topics x 6 partitions, {} runs, {} cores, \
+         batch {} records / {} ms\n\n{}\nratio aggregator/raw (medians): {:.2}\nevents folded per bucket write (medians): {:.1}\n",
+        args.bench.runs,
+        cores(),
+        window.max_records,
+        window.max_age_ms,
+        table(&[&raw, &folded, &writes]),
+        folded.median() / raw.median(),
+        folded.median() / writes.median(),
+    ))
+}
