@@ -20,7 +20,7 @@ DEBIAN_PACKAGES := pkg-config libssl-dev zlib1g-dev libzstd-dev cmake redis-serv
 BINARIES := ingest-writer audit-writer aggregator cache-updater
 
 .PHONY: deps build run test stack-up stack-down stack-status test-stack-up test-stack-down \
-        lint schemas-check bench-runtime bench-ingest bench-cache
+        lint schemas-check bench-runtime bench-ingest bench-cache bench-aggregate
 
 deps:
 	@missing=$$(for p in $(DEBIAN_PACKAGES); do \
@@ -102,6 +102,14 @@ bench-cache: stack-up
 	$(CARGO) build --release -p pipelinectl
 	set -a; source target/stack.env; set +a; \
 	target/release/pipelinectl bench cache --events $(BENCH_CACHE_EVENTS) --runs $(BENCH_RUNS)
+
+# aggregator: events folded and bucket writes per second vs. raw consume+decode.
+BENCH_AGGREGATE_EVENTS ?= 200000
+
+bench-aggregate: stack-up
+	$(CARGO) build --release -p pipelinectl
+	set -a; source target/stack.env; set +a; \
+	target/release/pipelinectl bench aggregate --events $(BENCH_AGGREGATE_EVENTS) --runs $(BENCH_RUNS)
 
 # Each schema version can read every earlier one (BACKWARD_TRANSITIVE) and the samples match.
 schemas-check:

@@ -106,7 +106,7 @@ pub fn hll_position(user: &str) -> (usize, i32) {
     let h = u64::from_be_bytes(bytes);
     let index = (h >> (64 - HLL_BITS)) as usize;
     let rest = h << HLL_BITS;
-    let rank = (rest.leading_zeros().min(64 - HLL_BITS) + 1) as i32;
+    let rank = (rest.leading_zeros().min(64 - HLL_BITS) + 1).min(SCALE as u32) as i32;
     (index, rank)
 }
 
@@ -124,14 +124,19 @@ pub fn hll_estimate(registers: &[i32]) -> f64 {
     }
 }
 
-/// The same estimate as an aggregation expression over the field `registers`.
-fn hll_estimate_expr(registers: &str) -> Document {
+/// Register ranks are capped here so that Σ 2^(SCALE − rank) is an exact integer.
+const SCALE: i32 = 50;
+
+/// The estimate as an aggregation expression over the stored exact register sum
+/// (`hll_sum` = Σ 2^(50 − rank)) and the count of empty registers (`hll_zeros`): the same
+/// formula as [`hll_estimate`], in O(1) per update.
+fn hll_estimate_expr() -> Document {
     let m = HLL_REGISTERS as f64;
     let alpha = 0.7213 / (1.0 + 1.079 / m);
     doc! {"$let": {
         "vars": {
-            "sum": {"$sum": {"$map": {"input": registers, "in": {"$pow": [2.0, {"$multiply": [-1, "$$this"]}]}}}},
-            "zeros": {"$size": {"$filter": {"input": registers, "cond": {"$eq": ["$$this", 0]}}}},
+            "sum": {"$divide": [{"$toDouble": "$hll_sum"}, 2f64.powi(SCALE)]},
+            "zeros": "$hll_zeros",
         },
         "in": {"$let": {
             "vars": {"e": {"$divide": [alpha * m * m, "$$sum"]}},
@@ -142,6 +147,44 @@ fn hll_estimate_expr(registers: &str) -> Document {
             ]}, 0]},
         }},
     }}
+}
+
+/// Pipeline expressions merging the sparse `incoming` registers (index, rank; ascending)
+/// into the array at `$_h`: the new array, the change of `hll_sum`, the change of
+/// `hll_zeros`. O(incoming) expressions, whatever the number of registers.
+fn hll_merge(incoming: &[(usize, i32)]) -> (Bson, Bson, Bson) {
+    let at = |i: usize| doc! {"$arrayElemAt": ["$_h", i as i32]};
+    let mut parts: Vec<Bson> = Vec::new();
+    let mut sum_deltas: Vec<Bson> = Vec::new();
+    let mut zero_deltas: Vec<Bson> = Vec::new();
+    let mut next = 0usize;
+    for &(i, rank) in incoming {
+        if i > next {
+            parts.push(Bson::Document(
+                doc! {"$slice": ["$_h", next as i32, (i - next) as i32]},
+            ));
+        }
+        let new = doc! {"$max": [at(i), rank]};
+        parts.push(Bson::Array(vec![Bson::Document(new.clone())]));
+        sum_deltas.push(Bson::Document(doc! {"$subtract": [
+            {"$toLong": {"$pow": [2_i64, {"$subtract": [SCALE, new]}]}},
+            {"$toLong": {"$pow": [2_i64, {"$subtract": [SCALE, at(i)]}]}},
+        ]}));
+        zero_deltas.push(Bson::Document(
+            doc! {"$cond": [{"$eq": [at(i), 0]}, -1, 0]},
+        ));
+        next = i + 1;
+    }
+    if next < HLL_REGISTERS {
+        parts.push(Bson::Document(
+            doc! {"$slice": ["$_h", next as i32, (HLL_REGISTERS - next) as i32]},
+        ));
+    }
+    (
+        Bson::Document(doc! {"$concatArrays": parts}),
+        Bson::Document(doc! {"$sum": sum_deltas}),
+        Bson::Document(doc! {"$sum": zero_deltas}),
+    )
 }
 
 /// What one batch adds to one `event_aggregates` bucket.
@@ -320,20 +363,22 @@ fn event_statement(key: &EventKey, b: &EventBucket, source: &str, expires: DateT
         "tenant_id": tenant, "event_type": event_type, "environment": environment,
         "granularity": g.label(), "bucket_start": DateTime::from_millis(*start),
     };
-    let registers: Vec<Bson> = b.registers.iter().map(|r| Bson::Int32(*r)).collect();
+    let incoming: Vec<(usize, i32)> = b
+        .registers
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| **r > 0)
+        .map(|(i, r)| (i, *r))
+        .collect();
+    let (hll, sum_delta, zeros_delta) = hll_merge(&incoming);
     let mut tail = common_tail(source, last_offset);
     tail.extend(doc! {
         "tenant_id": tenant, "event_type": event_type, "environment": environment,
         "granularity": g.label(), "bucket_start": DateTime::from_millis(*start),
         "count": {"$add": [{"$ifNull": ["$count", 0_i64]}, "$_new"]},
-        "hll": {"$map": {
-            "input": {"$range": [0, HLL_REGISTERS as i32]},
-            "as": "i",
-            "in": {"$max": [
-                {"$ifNull": [{"$arrayElemAt": ["$hll", "$$i"]}, 0]},
-                {"$arrayElemAt": [{"$literal": registers}, "$$i"]},
-            ]},
-        }},
+        "hll": hll,
+        "hll_sum": {"$add": [{"$ifNull": ["$hll_sum", (HLL_REGISTERS as i64) << SCALE]}, sum_delta]},
+        "hll_zeros": {"$add": [{"$ifNull": ["$hll_zeros", HLL_REGISTERS as i32]}, zeros_delta]},
         "first_event_time": {"$min": [{"$ifNull": ["$first_event_time", DateTime::from_millis(b.first)]}, DateTime::from_millis(b.first)]},
         "last_event_time": {"$max": [{"$ifNull": ["$last_event_time", DateTime::from_millis(b.last)]}, DateTime::from_millis(b.last)]},
         "expires_at": expires,
@@ -341,13 +386,20 @@ fn event_statement(key: &EventKey, b: &EventBucket, source: &str, expires: DateT
     doc! {
         "q": {"_id": id},
         "u": [
-            {"$set": {"_new": {"$let": {
-                "vars": {"wm": stored_offset(source)},
-                "in": {"$subtract": [total, {"$ifNull": [{"$getField": {"field": "c", "input": done(Bson::Array(cum))}}, 0_i64]}]},
-            }}}},
+            {"$set": {
+                "_new": {"$let": {
+                    "vars": {"wm": stored_offset(source)},
+                    "in": {"$subtract": [total, {"$ifNull": [{"$getField": {"field": "c", "input": done(Bson::Array(cum))}}, 0_i64]}]},
+                }},
+                "_h": {"$cond": [
+                    {"$isArray": "$hll"},
+                    "$hll",
+                    {"$map": {"input": {"$range": [0, HLL_REGISTERS as i32]}, "in": 0}},
+                ]},
+            }},
             {"$set": tail},
-            {"$set": {"unique_users": hll_estimate_expr("$hll")}},
-            {"$unset": "_new"},
+            {"$set": {"unique_users": hll_estimate_expr()}},
+            {"$unset": ["_new", "_h"]},
         ],
         "upsert": true,
     }
