@@ -3,7 +3,6 @@
 //! redeliveries cut at other offsets; late and future events go to `<topic>.late`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::Duration;
 
 use aggregator::{
@@ -11,20 +10,19 @@ use aggregator::{
     EVENT_GRANULARITIES, HLL_REGISTERS, ORDER_AGGREGATES, ORDER_GRANULARITIES,
 };
 use bson::{doc, DateTime, Document};
-use eventpipe_events::model::{Actor, Context, Severity};
-use eventpipe_events::{AnyEvent, PlatformEvent};
+use eventpipe_events::AnyEvent;
 use eventpipe_runtime::dlq::header;
-use eventpipe_runtime::sink::{Outcome, Record, Sink, Source};
+use eventpipe_runtime::sink::{Outcome, Record, Sink};
 use eventpipe_stores::MongoConfig;
 use eventpipe_tests::kafka::read_all;
+use eventpipe_tests::mongo::{all, db, fingerprint, int, millis, text};
 use eventpipe_tests::pipeline::{workspace_binary, Fixture, Member};
+use eventpipe_tests::records::{platform, record};
 use eventpipe_tests::{database, stack, wait_for};
-use futures::TryStreamExt;
-use mongodb::{Client, Database};
+use mongodb::Database;
 use pipelinectl::generate::{Body, Generator, Options, SchemaVersion};
 use rdkafka::message::Headers;
 use rdkafka::Message;
-use sha2::{Digest, Sha256};
 
 const CAUGHT_UP: Duration = Duration::from_secs(300);
 
@@ -118,7 +116,7 @@ impl Oracle {
     /// of the exact number of users.
     async fn diff(&self, db: &Database) -> Vec<String> {
         let mut out = Vec::new();
-        let events = all(db, EVENT_AGGREGATES).await;
+        let events = all(db, EVENT_AGGREGATES, doc! {}).await;
         if events.len() != self.events.len() {
             out.push(format!(
                 "{} event buckets stored, {} expected",
@@ -128,11 +126,11 @@ impl Oracle {
         }
         for d in &events {
             let key: EventKey = (
-                text(d, "tenant_id"),
-                text(d, "event_type"),
-                text(d, "environment"),
-                granularity(&text(d, "granularity")),
-                date(d, "bucket_start"),
+                text(d, "tenant_id").to_owned(),
+                text(d, "event_type").to_owned(),
+                text(d, "environment").to_owned(),
+                granularity(text(d, "granularity")),
+                millis(d, "bucket_start"),
             );
             let Some((count, users, first, last, registers)) = self.events.get(&key) else {
                 out.push(format!("unexpected bucket {key:?}"));
@@ -140,8 +138,8 @@ impl Oracle {
             };
             let got = (
                 int(d, "count"),
-                date(d, "first_event_time"),
-                date(d, "last_event_time"),
+                millis(d, "first_event_time"),
+                millis(d, "last_event_time"),
             );
             if got != (*count, *first, *last) {
                 out.push(format!("{key:?}: {got:?} != {:?}", (count, first, last)));
@@ -168,7 +166,7 @@ impl Oracle {
                 out.push(format!("{key:?}: unique users {estimate} vs {exact}"));
             }
         }
-        let orders = all(db, ORDER_AGGREGATES).await;
+        let orders = all(db, ORDER_AGGREGATES, doc! {}).await;
         if orders.len() != self.orders.len() {
             out.push(format!(
                 "{} order buckets stored, {} expected",
@@ -178,10 +176,10 @@ impl Oracle {
         }
         for d in &orders {
             let key: OrderKey = (
-                text(d, "tenant_id"),
-                text(d, "currency"),
-                granularity(&text(d, "granularity")),
-                date(d, "bucket_start"),
+                text(d, "tenant_id").to_owned(),
+                text(d, "currency").to_owned(),
+                granularity(text(d, "granularity")),
+                millis(d, "bucket_start"),
             );
             let got = [
                 int(d, "created"),
@@ -203,53 +201,6 @@ fn granularity(label: &str) -> &'static str {
         .map(Granularity::label)
         .find(|l| *l == label)
         .unwrap_or_else(|| panic!("granularity {label}"))
-}
-
-fn text(d: &Document, key: &str) -> String {
-    d.get_str(key)
-        .unwrap_or_else(|e| panic!("{key} of {d}: {e}"))
-        .to_owned()
-}
-
-fn int(d: &Document, key: &str) -> i64 {
-    match d.get(key) {
-        Some(bson::Bson::Int32(v)) => i64::from(*v),
-        Some(bson::Bson::Int64(v)) => *v,
-        Some(bson::Bson::Double(v)) => *v as i64,
-        other => panic!("{key} of {d} is not a number: {other:?}"),
-    }
-}
-
-fn date(d: &Document, key: &str) -> i64 {
-    d.get_datetime(key)
-        .unwrap_or_else(|e| panic!("{key} of {d}: {e}"))
-        .timestamp_millis()
-}
-
-async fn db(name: &str) -> Database {
-    Client::with_uri_str(stack().mongodb_uri)
-        .await
-        .expect("mongo client")
-        .database(name)
-}
-
-async fn all(db: &Database, coll: &str) -> Vec<Document> {
-    db.collection::<Document>(coll)
-        .find(doc! {})
-        .sort(doc! {"_id": 1})
-        .await
-        .expect("find")
-        .try_collect()
-        .await
-        .expect("cursor")
-}
-
-async fn fingerprint(db: &Database, coll: &str) -> String {
-    let mut h = Sha256::new();
-    for d in all(db, coll).await {
-        h.update(bson::serialize_to_vec(&d).expect("bson"));
-    }
-    hex::encode(h.finalize())
 }
 
 fn aggregator(f: &Fixture, name: &str) -> Member {
@@ -375,41 +326,6 @@ async fn ten_kill_9s_while_folding_200k_events_leave_exact_counts() {
     );
 }
 
-fn view(id: &str, offset: i64, time: i64) -> Record {
-    Record {
-        source: Source {
-            topic: Arc::from("platform.events"),
-            partition: 4,
-            offset,
-            timestamp: None,
-        },
-        event: AnyEvent::Platform(PlatformEvent {
-            tenant_id: "acme".into(),
-            event_id: id.into(),
-            event_type: "page.view".into(),
-            event_time: time,
-            actor: Actor {
-                user_id: format!("u{}", offset % 3),
-                session_id: None,
-                ip_address: None,
-                user_agent: None,
-            },
-            context: Context {
-                request_id: None,
-                trace_id: None,
-                environment: "production".into(),
-                service: "web".into(),
-                service_version: None,
-            },
-            payload: Default::default(),
-            compliance_required: false,
-            severity: Severity::Info,
-        }),
-        schema_id: 1,
-        schema_version: Some(2),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redeliveries_cut_at_other_offsets_are_not_counted_twice() {
     let name = database();
@@ -434,7 +350,14 @@ async fn redeliveries_cut_at_other_offsets_are_not_counted_twice() {
             .expect("bucket");
         assert_eq!(int(&doc, "count"), 10, "{}", gr.label());
         assert_eq!(int(&doc, "unique_users"), 3);
-        assert_eq!(date(&doc, "first_event_time"), t);
-        assert_eq!(date(&doc, "last_event_time"), t + 9);
+        assert_eq!(millis(&doc, "first_event_time"), t);
+        assert_eq!(millis(&doc, "last_event_time"), t + 9);
     }
+}
+
+/// A page view by one of three users, on partition 4.
+fn view(id: &str, offset: i64, time: i64) -> Record {
+    let user = format!("u{}", offset % 3);
+    let e = platform("acme", id, "page.view", &user, time);
+    record("platform.events", 4, offset, AnyEvent::Platform(e))
 }

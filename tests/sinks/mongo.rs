@@ -11,16 +11,16 @@ use std::time::Duration;
 
 use audit_writer::{AuditSink, Problem, AUDIT_CHAIN, AUDIT_LOGS};
 use bson::{doc, DateTime, Document};
-use eventpipe_events::{AnyEvent, OrderEvent, PlatformEvent};
-use eventpipe_runtime::sink::{Outcome, Record, Sink, Source};
+use eventpipe_events::AnyEvent;
+use eventpipe_runtime::sink::{Outcome, Record, Sink};
 use eventpipe_stores::MongoConfig;
+use eventpipe_tests::mongo::{all, count, db, fingerprint, int, millis, text};
 use eventpipe_tests::pipeline::{workspace_binary, Fixture, Member};
+use eventpipe_tests::records::{order, platform, record};
 use eventpipe_tests::{database, stack, wait_for};
-use futures::TryStreamExt;
-use ingest_writer::{IngestSink, EVENTS, ORDERS, STALE_SKIPPED};
-use mongodb::{Client, Database};
+use ingest_writer::{IngestSink, EVENTS, MONGO_STATEMENTS, ORDERS, STALE_SKIPPED};
+use mongodb::Database;
 use pipelinectl::generate::{Body, Generator, Options};
-use sha2::{Digest, Sha256};
 
 const CAUGHT_UP: Duration = Duration::from_secs(180);
 
@@ -42,6 +42,8 @@ fn mixed(seed: u64) -> Options {
 /// What the stream should leave in MongoDB.
 #[derive(Default)]
 struct Expected {
+    /// Order records in the stream (re-sent ones included).
+    order_records: u64,
     /// (tenant, event_id) of every platform event.
     events: BTreeSet<(String, String)>,
     /// Audit event ids per tenant.
@@ -64,6 +66,7 @@ fn expected(opts: &Options, count: u64) -> Expected {
                 out.events.insert((e.tenant_id, e.event_id));
             }
             Body::Order(o) => {
+                out.order_records += 1;
                 let slot = out
                     .orders
                     .entry((o.tenant_id, o.order_id))
@@ -77,25 +80,6 @@ fn expected(opts: &Options, count: u64) -> Expected {
     out
 }
 
-fn text<'a>(d: &'a Document, key: &str) -> &'a str {
-    d.get_str(key)
-        .unwrap_or_else(|e| panic!("{key} of {d}: {e}"))
-}
-
-/// An integer field, stored as int32 or int64.
-fn int(d: &Document, key: &str) -> i64 {
-    match d.get(key) {
-        Some(bson::Bson::Int32(v)) => i64::from(*v),
-        Some(bson::Bson::Int64(v)) => *v,
-        other => panic!("{key} of {d} is not an integer: {other:?}"),
-    }
-}
-
-fn date(d: &Document, key: &str) -> DateTime {
-    *d.get_datetime(key)
-        .unwrap_or_else(|e| panic!("{key} of {d}: {e}"))
-}
-
 /// The versions in an order's status history.
 fn history(order: &Document) -> Vec<i64> {
     order
@@ -107,41 +91,6 @@ fn history(order: &Document) -> Vec<i64> {
             other => panic!("history entry {other}"),
         })
         .collect()
-}
-
-async fn db(name: &str) -> Database {
-    Client::with_uri_str(stack().mongodb_uri)
-        .await
-        .expect("mongo client")
-        .database(name)
-}
-
-async fn all(db: &Database, coll: &str, filter: Document) -> Vec<Document> {
-    db.collection::<Document>(coll)
-        .find(filter)
-        .sort(doc! {"_id": 1})
-        .await
-        .expect("find")
-        .try_collect()
-        .await
-        .expect("cursor")
-}
-
-/// Document count and SHA-256 over every document's bytes in `_id` order.
-async fn fingerprint(db: &Database, coll: &str) -> (usize, String) {
-    let docs = all(db, coll, doc! {}).await;
-    let mut h = Sha256::new();
-    for d in &docs {
-        h.update(bson::serialize_to_vec(d).expect("bson"));
-    }
-    (docs.len(), hex::encode(h.finalize()))
-}
-
-async fn count(db: &Database, coll: &str) -> u64 {
-    db.collection::<Document>(coll)
-        .count_documents(doc! {})
-        .await
-        .expect("count")
 }
 
 fn writer(f: &Fixture, binary: &str, name: &str) -> Member {
@@ -198,7 +147,7 @@ async fn ingest_writer_stores_each_event_once_and_the_newest_order_through_kill_
     let mut versions = BTreeMap::<i64, usize>::new();
     for e in &events {
         *versions.entry(int(e, "schema_version")).or_default() += 1;
-        assert!(date(e, "expires_at") > now, "{e}");
+        assert!(millis(e, "expires_at") > now.timestamp_millis(), "{e}");
         let id = e.get_document("_id").expect("_id is a document");
         assert_eq!(id.get_str("event_id").ok(), e.get_str("event_id").ok());
     }
@@ -222,51 +171,34 @@ async fn ingest_writer_stores_each_event_once_and_the_newest_order_through_kill_
         assert!(history.len() <= 20 && history.windows(2).all(|w| w[0] < w[1]));
         assert_eq!(history.last(), Some(version), "{o}");
     }
-    let stale = member.metric_sum(STALE_SKIPPED, &[]).await;
-    assert!(
-        stale.is_some_and(|s| s > 0.0),
-        "out-of-order and duplicated versions were counted as stale: {stale:?}"
-    );
-
     // Replaying every record (a new group from the beginning) changes no byte.
     let before = (fingerprint(&d, EVENTS).await, fingerprint(&d, ORDERS).await);
     member.terminate(Duration::from_secs(30)).await;
     f.reset_group();
-    let _replay = writer(&f, "ingest-writer", "replay");
+    let replay = writer(&f, "ingest-writer", "replay");
     f.wait_caught_up(CAUGHT_UP).await;
     let after = (fingerprint(&d, EVENTS).await, fingerprint(&d, ORDERS).await);
     assert_eq!(before, after, "a replay changed stored documents");
-}
-
-fn source(offset: i64) -> Source {
-    Source {
-        topic: Arc::from("orders.events"),
-        partition: 0,
-        offset,
-        timestamp: None,
+    // On the replay no order version is newer than the stored one: nothing is inserted or
+    // updated, and the skipped versions are counted.
+    let mut applied = 0.0;
+    for result in ["updated", "inserted"] {
+        let filter = format!("result=\"{result}\"");
+        applied += replay
+            .metric_sum(MONGO_STATEMENTS, &["collection=\"orders\"", &filter])
+            .await
+            .unwrap_or_default();
     }
-}
-
-fn order(id: &str, version: i64) -> Record {
-    Record {
-        source: source(version),
-        event: AnyEvent::Order(OrderEvent {
-            tenant_id: "t1".into(),
-            order_id: id.into(),
-            version,
-            event_type: format!("order.v{version}"),
-            event_time: DateTime::now().timestamp_millis(),
-            status: format!("s{version}"),
-            customer_id: "c".into(),
-            currency: "EUR".into(),
-            total_minor: 100 * version,
-            items: vec![],
-            refunded_minor: 0,
-            channel: None,
-        }),
-        schema_id: 1,
-        schema_version: Some(2),
-    }
+    assert_eq!(applied, 0.0, "a replayed order version was applied");
+    let stale = replay
+        .metric_sum(STALE_SKIPPED, &[])
+        .await
+        .unwrap_or_default();
+    assert!(
+        stale > 0.0 && stale <= want.order_records as f64,
+        "stale versions counted: {stale} of {} order records",
+        want.order_records
+    );
 }
 
 async fn stored_order(d: &Database, id: &str) -> Document {
@@ -289,7 +221,7 @@ async fn orders_move_only_forward_under_reordering_and_concurrent_upserts() {
 
     // 5 then 3: the older version is a no-op.
     for v in [5, 3] {
-        let out = sink.write(&[order("a", v)]).await.expect("write");
+        let out = sink.write(&[order_record("a", v)]).await.expect("write");
         assert_eq!(out, vec![Outcome::Written]);
     }
     let a = stored_order(&d, "a").await;
@@ -300,7 +232,7 @@ async fn orders_move_only_forward_under_reordering_and_concurrent_upserts() {
     let scrambled = [4, 9, 1, 10, 2, 7, 3, 8, 6, 5];
     let writes = scrambled.iter().map(|&v| {
         let sink = sink.clone();
-        async move { sink.write(&[order("b", v)]).await }
+        async move { sink.write(&[order_record("b", v)]).await }
     });
     for out in futures::future::join_all(writes).await {
         assert_eq!(out.expect("write"), vec![Outcome::Written]);
@@ -309,7 +241,10 @@ async fn orders_move_only_forward_under_reordering_and_concurrent_upserts() {
     assert_eq!((int(&b, "version"), text(&b, "status")), (10, "s10"));
 
     // Within one batch, older versions after newer ones are skipped as stale.
-    let batch: Vec<Record> = [2, 6, 4, 6, 7].iter().map(|&v| order("c", v)).collect();
+    let batch: Vec<Record> = [2, 6, 4, 6, 7]
+        .iter()
+        .map(|&v| order_record("c", v))
+        .collect();
     let out = sink.write(&batch).await.expect("write");
     let stale = Outcome::Skipped {
         reason: "stale_version",
@@ -335,50 +270,13 @@ async fn orders_move_only_forward_under_reordering_and_concurrent_upserts() {
         let id = format!("race-{key}");
         let writes = (1..=6).map(|v| {
             let sink = sink.clone();
-            let r = order(&id, v);
+            let r = order_record(&id, v);
             async move { sink.write(&[r]).await }
         });
         for out in futures::future::join_all(writes).await {
             assert_eq!(out.expect("write"), vec![Outcome::Written], "{id}");
         }
         assert_eq!(int(&stored_order(&d, &id).await, "version"), 6);
-    }
-}
-
-fn platform(tenant: &str, id: &str, event_type: &str) -> Record {
-    let mut payload = BTreeMap::new();
-    payload.insert("field".to_owned(), "role".to_owned());
-    Record {
-        source: Source {
-            topic: Arc::from("platform.events"),
-            partition: 0,
-            offset: 0,
-            timestamp: None,
-        },
-        event: AnyEvent::Platform(PlatformEvent {
-            tenant_id: tenant.into(),
-            event_id: id.into(),
-            event_type: event_type.into(),
-            event_time: DateTime::now().timestamp_millis(),
-            actor: eventpipe_events::model::Actor {
-                user_id: "u1".into(),
-                session_id: None,
-                ip_address: Some("10.0.0.1".into()),
-                user_agent: None,
-            },
-            context: eventpipe_events::model::Context {
-                request_id: None,
-                trace_id: None,
-                service_version: Some("1.4.0".into()),
-                service: "auth".into(),
-                environment: "production".into(),
-            },
-            payload,
-            compliance_required: false,
-            severity: eventpipe_events::model::Severity::Info,
-        }),
-        schema_id: 1,
-        schema_version: Some(2),
     }
 }
 
@@ -389,7 +287,7 @@ async fn audit_redeliveries_are_no_ops_and_conflicts_are_rejected() {
         .await
         .expect("sink");
     let d = db(&name).await;
-    let first = platform("t1", "e1", "user.role.changed");
+    let first = audit_record("t1", "e1", "user.role.changed");
     assert_eq!(
         sink.write(std::slice::from_ref(&first))
             .await
@@ -399,7 +297,7 @@ async fn audit_redeliveries_are_no_ops_and_conflicts_are_rejected() {
     let stored = all(&d, AUDIT_LOGS, doc! {}).await;
 
     // The same event again, alone and next to a new one.
-    let second = platform("t1", "e2", "data.exported");
+    let second = audit_record("t1", "e2", "data.exported");
     let out = sink.write(&[first.clone(), second]).await.expect("mongodb");
     assert_eq!(out, vec![Outcome::Written, Outcome::Written]);
     let after = all(&d, AUDIT_LOGS, doc! {}).await;
@@ -411,7 +309,7 @@ async fn audit_redeliveries_are_no_ops_and_conflicts_are_rejected() {
     if let AnyEvent::Platform(e) = &mut altered.event {
         e.payload.insert("field".into(), "owner".into());
     }
-    let plain = platform("t1", "e3", "page.view");
+    let plain = audit_record("t1", "e3", "page.view");
     let out = sink.write(&[altered, plain]).await.expect("mongodb");
     assert!(
         matches!(&out[0], Outcome::Rejected { reason: "audit_conflict", detail } if detail.contains("e1")),
@@ -554,4 +452,26 @@ async fn problems(d: &Database, tenant: &str) -> Vec<Problem> {
         .await
         .expect("verify")
         .problems
+}
+
+fn order_record(id: &str, version: i64) -> Record {
+    let now = DateTime::now().timestamp_millis();
+    record(
+        "orders.events",
+        0,
+        version,
+        AnyEvent::Order(order("t1", id, version, now)),
+    )
+}
+
+fn audit_record(tenant: &str, id: &str, event_type: &str) -> Record {
+    let mut e = platform(
+        tenant,
+        id,
+        event_type,
+        "u1",
+        DateTime::now().timestamp_millis(),
+    );
+    e.payload.insert("field".to_owned(), "role".to_owned());
+    record("platform.events", 0, 0, AnyEvent::Platform(e))
 }

@@ -3,15 +3,14 @@
 //! binary, so killing a master never disturbs these).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::Duration;
 
 use cache_updater::{keys, read, CacheSink};
-use eventpipe_events::model::{Actor, Context, Severity};
-use eventpipe_events::{AnyEvent, OrderEvent, PlatformEvent};
-use eventpipe_runtime::sink::{Outcome, Record, Sink, Source};
+use eventpipe_events::AnyEvent;
+use eventpipe_runtime::sink::{Outcome, Record, Sink};
 use eventpipe_stores::RedisConfig;
 use eventpipe_tests::pipeline::{workspace_binary, Fixture};
+use eventpipe_tests::records::{order, platform, record};
 use eventpipe_tests::redis::{client, master_of, masters, snapshot, Oracle};
 use eventpipe_tests::{stack, unique};
 use fred::prelude::*;
@@ -111,67 +110,6 @@ async fn the_cache_equals_the_oracle_and_a_replay_changes_nothing() {
     replay.terminate(Duration::from_secs(30)).await;
 }
 
-fn source(topic: &str, offset: i64) -> Source {
-    Source {
-        topic: Arc::from(topic),
-        partition: 0,
-        offset,
-        timestamp: None,
-    }
-}
-
-fn page_view(tenant: &str, id: &str, session: &str, time: i64, offset: i64) -> Record {
-    Record {
-        source: source("platform.events", offset),
-        event: AnyEvent::Platform(PlatformEvent {
-            tenant_id: tenant.into(),
-            event_id: id.into(),
-            event_type: "page.view".into(),
-            event_time: time,
-            actor: Actor {
-                user_id: "u1".into(),
-                session_id: Some(session.into()),
-                ip_address: None,
-                user_agent: None,
-            },
-            context: Context {
-                request_id: None,
-                trace_id: None,
-                environment: "production".into(),
-                service: "web".into(),
-                service_version: None,
-            },
-            payload: Default::default(),
-            compliance_required: false,
-            severity: Severity::Info,
-        }),
-        schema_id: 1,
-        schema_version: Some(2),
-    }
-}
-
-fn order(tenant: &str, version: i64, offset: i64) -> Record {
-    Record {
-        source: source("orders.events", offset),
-        event: AnyEvent::Order(OrderEvent {
-            tenant_id: tenant.into(),
-            order_id: "o1".into(),
-            version,
-            event_type: format!("order.v{version}"),
-            event_time: bson::DateTime::now().timestamp_millis(),
-            status: format!("s{version}"),
-            customer_id: "c1".into(),
-            currency: "EUR".into(),
-            total_minor: 100,
-            items: vec![],
-            refunded_minor: 0,
-            channel: None,
-        }),
-        schema_id: 1,
-        schema_version: Some(2),
-    }
-}
-
 async fn sink(prefix: &str) -> CacheSink {
     eventpipe_tests::redis::wait_healthy().await;
     let mut config = RedisConfig::new(stack().redis_nodes);
@@ -187,7 +125,7 @@ async fn older_versions_and_events_never_overwrite_newer_ones() {
 
     for (v, offset) in [(7, 1), (4, 2)] {
         let out = sink
-            .write(&[order("acme", v, offset)])
+            .write(&[order_record("acme", v, offset)])
             .await
             .expect("write");
         assert_eq!(out, vec![Outcome::Written]);
@@ -297,4 +235,20 @@ async fn a_thousand_tenants_spread_over_every_master_with_all_their_keys_in_one_
         per_master.values().all(|&n| n >= 250),
         "tenants spread evenly: {per_master:?}"
     );
+}
+
+fn page_view(tenant: &str, id: &str, session: &str, time: i64, offset: i64) -> Record {
+    let mut e = platform(tenant, id, "page.view", "u1", time);
+    e.actor.session_id = Some(session.into());
+    record("platform.events", 0, offset, AnyEvent::Platform(e))
+}
+
+fn order_record(tenant: &str, version: i64, offset: i64) -> Record {
+    let now = bson::DateTime::now().timestamp_millis();
+    record(
+        "orders.events",
+        0,
+        offset,
+        AnyEvent::Order(order(tenant, "o1", version, now)),
+    )
 }

@@ -7,7 +7,9 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 pub mod kafka;
+pub mod mongo;
 pub mod pipeline;
+pub mod records;
 pub mod redis;
 
 pub use local_stack::testing::{database, group, stack, topic, unique};

@@ -170,9 +170,7 @@ fn hll_merge(incoming: &[(usize, i32)]) -> (Bson, Bson, Bson) {
             {"$toLong": {"$pow": [2_i64, {"$subtract": [SCALE, new]}]}},
             {"$toLong": {"$pow": [2_i64, {"$subtract": [SCALE, at(i)]}]}},
         ]}));
-        zero_deltas.push(Bson::Document(
-            doc! {"$cond": [{"$eq": [at(i), 0]}, -1, 0]},
-        ));
+        zero_deltas.push(Bson::Document(doc! {"$cond": [{"$eq": [at(i), 0]}, -1, 0]}));
         next = i + 1;
     }
     if next < HLL_REGISTERS {

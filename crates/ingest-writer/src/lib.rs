@@ -36,7 +36,9 @@ pub const ORDERS: &str = "orders";
 /// `rejected`).
 pub const MONGO_STATEMENTS: &str = "eventpipe_mongo_statements_total";
 /// Metric: order versions not applied because the stored (or an earlier record's) version is
-/// the same or newer.
+/// the same or newer: each older record of a batch, plus each order upsert of a batch that the
+/// version check left unchanged (the server does not say which of the versions it carried
+/// were the stale ones, so it counts once).
 pub const STALE_SKIPPED: &str = "eventpipe_orders_stale_skipped_total";
 
 /// Statements per `update` command (the server's own limit is 100,000 and 16 MiB).
