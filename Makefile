@@ -69,7 +69,7 @@ run: stack-up
 	pids=(); \
 	for b in $(BINARIES); do target/debug/$$b --config pipelines/$$b.toml & pids+=($$!); done; \
 	trap 'kill -TERM "$${pids[@]}" 2>/dev/null || true; wait' EXIT; \
-	$(PIPELINECTL) produce --count $(RUN_EVENTS) --rate $(RUN_RATE) --duplicates 0.01 --out-of-order 0.02 --poison 0.001; \
+	$(PIPELINECTL) produce --seed $$(date +%s) --count $(RUN_EVENTS) --rate $(RUN_RATE) --duplicates 0.01 --out-of-order 0.02 --poison 0.001; \
 	echo "make run: producer finished; the consumers keep running until Ctrl-C (stack: make stack-status)"; \
 	wait
 
