@@ -28,7 +28,6 @@ use eventpipe_events::{AnyEvent, OrderEvent, PlatformEvent};
 use eventpipe_runtime::sink::{Outcome, Record, Sink, SinkError};
 use eventpipe_stores::mongo::{self, Failure, MongoConfig, DUPLICATE_KEY};
 use metrics::{counter, histogram};
-use mongodb::options::IndexOptions;
 use mongodb::{Database, IndexModel};
 use sha2::{Digest, Sha256};
 
@@ -464,23 +463,8 @@ fn order_statement(key: &OrderKey, b: &OrderBucket, source: &str, expires: DateT
 
 /// The indexes the analysts' queries need, by collection.
 pub fn indexes() -> Vec<(&'static str, Vec<IndexModel>)> {
-    let named = |keys: Document, name: &str| {
-        IndexModel::builder()
-            .keys(keys)
-            .options(IndexOptions::builder().name(name.to_owned()).build())
-            .build()
-    };
-    let ttl = || {
-        IndexModel::builder()
-            .keys(doc! {"expires_at": 1})
-            .options(
-                IndexOptions::builder()
-                    .name("ttl".to_owned())
-                    .expire_after(std::time::Duration::ZERO)
-                    .build(),
-            )
-            .build()
-    };
+    let named = mongo::index;
+    let ttl = mongo::ttl_index;
     vec![
         (
             EVENT_AGGREGATES,

@@ -207,14 +207,8 @@ pub async fn prepare(db: &Database) -> Result<(), SinkError> {
                 .keys(doc! {"tenant_id": 1, "seq": 1})
                 .options(opts("tenant_seq").unique(true).build())
                 .build(),
-            IndexModel::builder()
-                .keys(doc! {"tenant_id": 1, "event_time": -1})
-                .options(opts("tenant_time").build())
-                .build(),
-            IndexModel::builder()
-                .keys(doc! {"expires_at": 1})
-                .options(opts("ttl").expire_after(std::time::Duration::ZERO).build())
-                .build(),
+            mongo::index(doc! {"tenant_id": 1, "event_time": -1}, "tenant_time"),
+            mongo::ttl_index(),
         ],
     )
     .await

@@ -23,7 +23,6 @@ use eventpipe_runtime::sink::{Outcome, Record, Sink, SinkError};
 use eventpipe_stores::mongo::{self, Failure, MongoConfig, DUPLICATE_KEY};
 use metrics::counter;
 use mongodb::error::ErrorKind;
-use mongodb::options::IndexOptions;
 use mongodb::{Collection, Database, IndexModel};
 
 pub mod docs;
@@ -56,12 +55,7 @@ pub struct IngestSink {
 /// The indexes `ingest-writer` needs, by collection (created at start-up; creating an existing
 /// index is a no-op).
 pub fn indexes() -> Vec<(&'static str, Vec<IndexModel>)> {
-    let named = |keys: Document, name: &str| {
-        IndexModel::builder()
-            .keys(keys)
-            .options(IndexOptions::builder().name(name.to_owned()).build())
-            .build()
-    };
+    let named = mongo::index;
     vec![
         (
             EVENTS,
@@ -75,15 +69,7 @@ pub fn indexes() -> Vec<(&'static str, Vec<IndexModel>)> {
                     doc! {"tenant_id": 1, "event_type": 1, "event_time": -1},
                     "tenant_type_time",
                 ),
-                IndexModel::builder()
-                    .keys(doc! {"expires_at": 1})
-                    .options(
-                        IndexOptions::builder()
-                            .name("ttl".to_owned())
-                            .expire_after(std::time::Duration::ZERO)
-                            .build(),
-                    )
-                    .build(),
+                mongo::ttl_index(),
             ],
         ),
         (

@@ -13,7 +13,7 @@ use bson::{doc, Bson, Document};
 use eventpipe_runtime::config::{redact_url, Invalid, Validate};
 use eventpipe_runtime::sink::SinkError;
 use mongodb::error::{Error, ErrorKind};
-use mongodb::options::{Acknowledgment, ClientOptions, WriteConcern};
+use mongodb::options::{Acknowledgment, ClientOptions, IndexOptions, WriteConcern};
 use mongodb::{Client, Database};
 use serde::{Deserialize, Serialize};
 
@@ -460,6 +460,27 @@ fn number(b: Option<&Bson>) -> i64 {
         Some(Bson::Double(n)) => *n as i64,
         _ => 0,
     }
+}
+
+/// An index on `keys` named `name`.
+pub fn index(keys: Document, name: &str) -> mongodb::IndexModel {
+    mongodb::IndexModel::builder()
+        .keys(keys)
+        .options(IndexOptions::builder().name(name.to_owned()).build())
+        .build()
+}
+
+/// The TTL index on `expires_at`: a document goes once that time has passed.
+pub fn ttl_index() -> mongodb::IndexModel {
+    mongodb::IndexModel::builder()
+        .keys(bson::doc! {"expires_at": 1})
+        .options(
+            IndexOptions::builder()
+                .name("ttl".to_owned())
+                .expire_after(std::time::Duration::ZERO)
+                .build(),
+        )
+        .build()
 }
 
 /// Creates an index unless one with the same name exists (start-up is idempotent).
