@@ -228,7 +228,9 @@ async fn a_thousand_tenants_spread_over_every_master_with_all_their_keys_in_one_
         }
         assert_eq!(slots.len(), 1, "{t}: all keys in one slot, got {slots:?}");
         let slot = *slots.first().expect("slot") as u16;
-        *per_master.entry(master_of(&masters, slot)).or_default() += 1;
+        *per_master
+            .entry(master_of(&masters, slot).addr.clone())
+            .or_default() += 1;
     }
     assert_eq!(per_master.len(), 3, "{per_master:?}");
     assert!(

@@ -64,7 +64,7 @@ async fn a_master_dies_mid_stream_and_the_cache_still_matches_the_oracle() {
 
     // The master that serves the busiest tenant's slot dies.
     let slot = fred::util::redis_keyslot(cache_updater::keys::tag("tenant-0001").as_bytes());
-    let victim = master_of(&masters(&nodes[0]), slot);
+    let victim = master_of(&masters(&nodes[0]), slot).addr.clone();
     let port: u16 = victim
         .rsplit_once(':')
         .expect("port")
@@ -86,7 +86,7 @@ async fn a_master_dies_mid_stream_and_the_cache_still_matches_the_oracle() {
         Duration::from_secs(60),
         || async {
             let m = masters(&survivor);
-            (m.len() == 3 && master_of(&m, slot) != victim).then_some(())
+            (m.len() == 3 && master_of(&m, slot).addr != victim).then_some(())
         },
     )
     .await;

@@ -81,19 +81,40 @@ pub fn stack_spec() -> StackSpec {
         .expect("the stack under test is a local stack")
 }
 
-/// `redis-cli` against one node (not in cluster mode).
-pub fn node_cli(node: &str, args: &[&str]) -> String {
+/// `redis-cli` against one node (not in cluster mode); `None` if it cannot be reached.
+pub fn try_node_cli(node: &str, args: &[&str]) -> Option<String> {
     let (host, port) = node.rsplit_once(':').expect("host:port");
     let out = std::process::Command::new("redis-cli")
         .args(["-h", host, "-p", port])
         .args(args)
         .output()
         .expect("redis-cli runs");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-/// Live masters and the slot ranges each serves, from `CLUSTER NODES` on `seed`.
-pub fn masters(seed: &str) -> Vec<(String, Vec<(u16, u16)>)> {
+/// `redis-cli` against one node (not in cluster mode): what the node itself holds.
+pub fn node_cli(node: &str, args: &[&str]) -> String {
+    try_node_cli(node, args).unwrap_or_else(|| panic!("redis-cli {args:?} against {node} failed"))
+}
+
+/// A master of the cluster and the slot ranges it serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Master {
+    pub id: String,
+    pub addr: String,
+    pub slots: Vec<(u16, u16)>,
+}
+
+impl Master {
+    pub fn serves(&self, slot: u16) -> bool {
+        self.slots.iter().any(|(a, b)| (*a..=*b).contains(&slot))
+    }
+}
+
+/// The live masters that serve slots, from `CLUSTER NODES` on `seed`.
+pub fn masters(seed: &str) -> Vec<Master> {
     let mut out = Vec::new();
     for line in node_cli(seed, &["cluster", "nodes"]).lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
@@ -101,50 +122,58 @@ pub fn masters(seed: &str) -> Vec<(String, Vec<(u16, u16)>)> {
             continue;
         }
         let addr = f[1].split('@').next().expect("addr").to_owned();
-        let ranges = f[8..]
+        let slots = f[8..]
             .iter()
             .filter(|r| !r.starts_with('['))
-            .filter_map(|r| match r.split_once('-') {
-                Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+            .map(|r| match r.split_once('-') {
+                Some((a, b)) => (a.parse().expect("slot"), b.parse().expect("slot")),
                 None => {
-                    let s = r.parse().ok()?;
-                    Some((s, s))
+                    let s = r.parse().expect("slot");
+                    (s, s)
                 }
             })
             .collect::<Vec<_>>();
-        if !ranges.is_empty() {
-            out.push((addr, ranges));
+        if !slots.is_empty() {
+            out.push(Master {
+                id: f[0].to_owned(),
+                addr,
+                slots,
+            });
         }
     }
     out
 }
 
 /// The master serving `slot`.
-pub fn master_of(masters: &[(String, Vec<(u16, u16)>)], slot: u16) -> String {
+pub fn master_of(masters: &[Master], slot: u16) -> &Master {
     masters
         .iter()
-        .find(|(_, r)| r.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
-        .map(|(addr, _)| addr.clone())
+        .find(|m| m.serves(slot))
         .unwrap_or_else(|| panic!("slot {slot} has a master"))
 }
 
 /// Whether every node of the cluster reports `cluster_state:ok`, no node is flagged failing,
 /// there are three masters and three replicas, and every replica is in sync with its master.
 pub fn cluster_healthy(nodes: &[String]) -> bool {
-    let table = node_cli(&nodes[0], &["cluster", "nodes"]);
+    let Some(table) = try_node_cli(&nodes[0], &["cluster", "nodes"]) else {
+        return false;
+    };
     let masters = table.lines().filter(|l| l.contains("master")).count();
     let replicas = table.lines().filter(|l| l.contains("slave")).count();
     if table.contains("fail") || masters != 3 || replicas != 3 {
         return false;
     }
     nodes.iter().all(|n| {
-        let replication = node_cli(n, &["info", "replication"]);
+        let Some(replication) = try_node_cli(n, &["info", "replication"]) else {
+            return false;
+        };
         let synced = if replication.contains("role:slave") {
             replication.contains("master_link_status:up")
         } else {
             replication.contains("state=online")
         };
-        synced && node_cli(n, &["cluster", "info"]).contains("cluster_state:ok")
+        synced
+            && try_node_cli(n, &["cluster", "info"]).is_some_and(|i| i.contains("cluster_state:ok"))
     })
 }
 

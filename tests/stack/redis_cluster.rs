@@ -1,9 +1,9 @@
 //! The Redis Cluster is real: fred in cluster mode routes keys to all three masters, and a write
 //! keeps working after its slot moves to another master (the client follows the MOVED).
 
-use std::collections::{BTreeSet, HashMap};
-use std::process::Command;
+use std::collections::BTreeSet;
 
+use eventpipe_tests::redis::{master_of, masters, node_cli};
 use eventpipe_tests::{stack, unique};
 use fred::prelude::*;
 use fred::util::redis_keyslot;
@@ -11,58 +11,6 @@ use fred::util::redis_keyslot;
 fn host_port(node: &str) -> (String, u16) {
     let (h, p) = node.rsplit_once(':').expect("host:port");
     (h.to_owned(), p.parse().expect("port"))
-}
-
-/// `redis-cli` against one node (not in cluster mode): what the node itself holds.
-fn node_cli(node: &str, args: &[&str]) -> String {
-    let (host, port) = host_port(node);
-    let out = Command::new("redis-cli")
-        .args(["-h", &host, "-p", &port.to_string()])
-        .args(args)
-        .output()
-        .expect("redis-cli runs");
-    assert!(
-        out.status.success(),
-        "redis-cli {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-/// Masters by node id: address and the slot ranges each one serves.
-type Masters = HashMap<String, (String, Vec<(u16, u16)>)>;
-
-/// The masters, from `CLUSTER NODES`.
-fn masters(seed: &str) -> Masters {
-    let mut out = HashMap::new();
-    for line in node_cli(seed, &["cluster", "nodes"]).lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 8 || !f[2].contains("master") || f[2].contains("fail") {
-            continue;
-        }
-        let addr = f[1].split('@').next().expect("addr").to_owned();
-        let ranges = f[8..]
-            .iter()
-            .filter(|r| !r.starts_with('['))
-            .map(|r| match r.split_once('-') {
-                Some((a, b)) => (a.parse().expect("slot"), b.parse().expect("slot")),
-                None => {
-                    let s = r.parse().expect("slot");
-                    (s, s)
-                }
-            })
-            .collect();
-        out.insert(f[0].to_owned(), (addr, ranges));
-    }
-    out
-}
-
-fn owner(masters: &Masters, slot: u16) -> (String, String) {
-    masters
-        .iter()
-        .find(|(_, (_, ranges))| ranges.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
-        .map(|(id, (addr, _))| (id.clone(), addr.clone()))
-        .expect("every slot has a master")
 }
 
 /// Moves `slot` with its keys from one master to another, as `redis-cli --cluster reshard`
@@ -108,7 +56,9 @@ async fn writes_route_across_slots_and_survive_a_slot_move() {
     assert_eq!(masters.len(), 3, "three masters");
     let mut used = BTreeSet::new();
     for (i, k) in keys.iter().enumerate() {
-        let (_, addr) = owner(&masters, redis_keyslot(k.as_bytes()));
+        let addr = master_of(&masters, redis_keyslot(k.as_bytes()))
+            .addr
+            .clone();
         assert_eq!(
             node_cli(&addr, &["get", k]),
             i.to_string(),
@@ -122,13 +72,14 @@ async fn writes_route_across_slots_and_survive_a_slot_move() {
     // MOVED, which the client follows.
     let key = &keys[7];
     let slot = redis_keyslot(key.as_bytes());
-    let (from_id, from_addr) = owner(&masters, slot);
-    let (to_id, (to_addr, _)) = masters
+    let from = master_of(&masters, slot);
+    let to = masters
         .iter()
-        .find(|(id, _)| **id != from_id)
-        .map(|(id, v)| (id.clone(), v.clone()))
+        .find(|m| m.id != from.id)
         .expect("another master");
-    let master_addrs: Vec<String> = masters.values().map(|(a, _)| a.clone()).collect();
+    let (from_id, from_addr) = (from.id.clone(), from.addr.clone());
+    let (to_id, to_addr) = (to.id.clone(), to.addr.clone());
+    let master_addrs: Vec<String> = masters.iter().map(|m| m.addr.clone()).collect();
     move_slot(
         slot,
         (&from_id, &from_addr),
