@@ -10,12 +10,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use eventpipe_runtime::dlq::header;
-use eventpipe_tests::kafka::read_all;
+use eventpipe_tests::kafka::{header as header_text, read_all, source_of};
 use eventpipe_tests::pipeline::{Coord, Fixture, Member};
 use eventpipe_tests::{stack, wait_for};
 use pipelinectl::generate::Options;
 use pipelinectl::produce::{self, Target};
-use rdkafka::message::Headers;
 use rdkafka::Message;
 
 /// A running `probe-consumer` and the file its sink appends to.
@@ -365,13 +364,7 @@ async fn poison_and_late_records_land_in_their_topics_with_headers_and_the_parti
     let mut dead: BTreeSet<Coord> = BTreeSet::new();
     for t in f.topics() {
         for m in read_all(&bootstrap, &format!("{t}.dlq")) {
-            let h = |k: &str| -> Option<String> {
-                m.headers()?
-                    .iter()
-                    .find(|h| h.key == k)
-                    .and_then(|h| h.value)
-                    .map(|v| String::from_utf8_lossy(v).into_owned())
-            };
+            let h = |k: &str| header_text(&m, k);
             assert_eq!(h(header::ERROR_CLASS).as_deref(), Some("permanent"));
             assert_eq!(h(header::SOURCE_TOPIC).as_deref(), Some(t));
             assert_eq!(
@@ -381,15 +374,7 @@ async fn poison_and_late_records_land_in_their_topics_with_headers_and_the_parti
             assert!(h(header::SOURCE_TIMESTAMP).is_some());
             assert!(h(header::ERROR_MESSAGE).is_some_and(|m| !m.is_empty()));
             let reason = h(header::ERROR_REASON).expect("reason header");
-            let coord = (
-                t.to_owned(),
-                h(header::SOURCE_PARTITION)
-                    .and_then(|v| v.parse().ok())
-                    .expect("partition"),
-                h(header::SOURCE_OFFSET)
-                    .and_then(|v| v.parse().ok())
-                    .expect("offset"),
-            );
+            let coord = source_of(&m);
             let original = source.get(&coord).expect("the source record exists");
             assert_eq!(original.payload(), m.payload(), "payload kept at {coord:?}");
             assert_eq!(original.key(), m.key(), "key kept at {coord:?}");
@@ -423,24 +408,10 @@ async fn poison_and_late_records_land_in_their_topics_with_headers_and_the_parti
     let mut late: BTreeSet<Coord> = BTreeSet::new();
     for t in f.topics() {
         for m in read_all(&bootstrap, &format!("{t}.late")) {
-            let h = |k: &str| -> Option<String> {
-                m.headers()?
-                    .iter()
-                    .find(|h| h.key == k)
-                    .and_then(|h| h.value)
-                    .map(|v| String::from_utf8_lossy(v).into_owned())
-            };
+            let h = |k: &str| header_text(&m, k);
             assert_eq!(h(header::ERROR_CLASS).as_deref(), Some("late"));
             assert_eq!(h(header::ERROR_REASON).as_deref(), Some("probe_late"));
-            let coord = (
-                t.to_owned(),
-                h(header::SOURCE_PARTITION)
-                    .and_then(|v| v.parse().ok())
-                    .expect("partition"),
-                h(header::SOURCE_OFFSET)
-                    .and_then(|v| v.parse().ok())
-                    .expect("offset"),
-            );
+            let coord = source_of(&m);
             let original = source.get(&coord).expect("the source record exists");
             assert_eq!(original.payload(), m.payload(), "payload kept at {coord:?}");
             assert!(late.insert(coord), "sent to the late topic once");

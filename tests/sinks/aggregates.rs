@@ -14,15 +14,13 @@ use eventpipe_events::AnyEvent;
 use eventpipe_runtime::dlq::header;
 use eventpipe_runtime::sink::{Outcome, Record, Sink};
 use eventpipe_stores::MongoConfig;
-use eventpipe_tests::kafka::read_all;
+use eventpipe_tests::kafka::{header as header_text, read_all};
 use eventpipe_tests::mongo::{all, db, fingerprint, int, millis, text};
 use eventpipe_tests::pipeline::{workspace_binary, Fixture, Member};
 use eventpipe_tests::records::{platform, record};
 use eventpipe_tests::{database, stack, wait_for};
 use mongodb::Database;
 use pipelinectl::generate::{Body, Generator, Options, SchemaVersion};
-use rdkafka::message::Headers;
-use rdkafka::Message;
 
 const CAUGHT_UP: Duration = Duration::from_secs(300);
 
@@ -272,12 +270,7 @@ async fn late_and_future_events_go_to_the_late_topic_not_into_buckets() {
     let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
     for t in f.topics() {
         for m in read_all(&bootstrap, &format!("{t}.late")) {
-            let reason = m
-                .headers()
-                .and_then(|h| h.iter().find(|h| h.key == header::ERROR_REASON))
-                .and_then(|h| h.value)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .expect("reason header");
+            let reason = header_text(&m, header::ERROR_REASON).expect("reason header");
             *reasons.entry(reason).or_default() += 1;
         }
     }

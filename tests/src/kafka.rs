@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::OwnedMessage;
+use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 fn client(bootstrap: &str) -> BaseConsumer {
@@ -112,4 +112,27 @@ pub fn reset_offsets(bootstrap: &str, group: &str, topic: &str) {
     resetter
         .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
         .expect("offsets reset");
+}
+
+/// A header of `m` as text.
+pub fn header(m: &OwnedMessage, key: &str) -> Option<String> {
+    m.headers()?
+        .iter()
+        .find(|h| h.key == key)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Where a dead letter or late record came from: (topic, partition, offset) from its headers.
+pub fn source_of(m: &OwnedMessage) -> (String, i32, i64) {
+    use eventpipe_runtime::dlq::header as h;
+    (
+        header(m, h::SOURCE_TOPIC).expect("source topic header"),
+        header(m, h::SOURCE_PARTITION)
+            .and_then(|v| v.parse().ok())
+            .expect("source partition header"),
+        header(m, h::SOURCE_OFFSET)
+            .and_then(|v| v.parse().ok())
+            .expect("source offset header"),
+    )
 }

@@ -256,33 +256,32 @@ impl<S: Sink> Worker<S> {
             if !records.is_empty() {
                 let outcomes = self.write(&records, meters).await?;
                 for (record_index, outcome) in outcomes.into_iter().enumerate() {
-                    match outcome {
-                        Outcome::Written => meters.written.increment(1),
-                        Outcome::Skipped { reason } => counter!(
-                            m::RECORDS_SKIPPED,
-                            "topic" => self.topic.to_string(),
-                            "reason" => reason
-                        )
-                        .increment(1),
-                        Outcome::Rejected { reason, detail } => dead.push((
-                            raw_indexes[record_index],
-                            Verdict {
-                                reason,
-                                message: detail,
-                                schema_id: Some(records[record_index].schema_id),
-                                lane: Lane::Dead,
-                            },
-                        )),
-                        Outcome::Late { reason, detail } => dead.push((
-                            raw_indexes[record_index],
-                            Verdict {
-                                reason,
-                                message: detail,
-                                schema_id: Some(records[record_index].schema_id),
-                                lane: Lane::Late,
-                            },
-                        )),
-                    }
+                    let (reason, message, lane) = match outcome {
+                        Outcome::Written => {
+                            meters.written.increment(1);
+                            continue;
+                        }
+                        Outcome::Skipped { reason } => {
+                            counter!(
+                                m::RECORDS_SKIPPED,
+                                "topic" => self.topic.to_string(),
+                                "reason" => reason
+                            )
+                            .increment(1);
+                            continue;
+                        }
+                        Outcome::Rejected { reason, detail } => (reason, detail, Lane::Dead),
+                        Outcome::Late { reason, detail } => (reason, detail, Lane::Late),
+                    };
+                    dead.push((
+                        raw_indexes[record_index],
+                        Verdict {
+                            reason,
+                            message,
+                            schema_id: Some(records[record_index].schema_id),
+                            lane,
+                        },
+                    ));
                 }
             }
             self.dead_letter(&batch, dead).await?;
