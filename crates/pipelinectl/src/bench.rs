@@ -114,6 +114,38 @@ fn group() -> String {
     unique("bench")
 }
 
+/// The benchmarks' stream: 1 % re-sent records, 2 % swapped order versions, `step_ms`
+/// apart and ending now (nothing already expired by the TTL indexes, nothing from the future).
+fn recent_stream(seed: u64, events: u64, step_ms: i64) -> Options {
+    let now = bson::DateTime::now().timestamp_millis();
+    Options {
+        seed,
+        duplicates: 0.01,
+        out_of_order: 0.02,
+        start_time_ms: now - events as i64 * step_ms,
+        step_ms,
+        ..Options::default()
+    }
+}
+
+/// A consumer in a fresh group, subscribed to `topics` from their beginning.
+fn subscribed(
+    args: &BenchArgs,
+    topics: &[String],
+    auto_commit: bool,
+) -> Result<rdkafka::consumer::StreamConsumer, String> {
+    let consumer: rdkafka::consumer::StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &args.bootstrap)
+        .set("group.id", group())
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", auto_commit.to_string())
+        .create()
+        .map_err(|e| e.to_string())?;
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&names).map_err(|e| e.to_string())?;
+    Ok(consumer)
+}
+
 /// Creates fresh `bench.platform.*`/`bench.orders.*` topics (with `.dlq` and `.late` companions) and
 /// publishes `args.events` generated records; returns the two source topics.
 async fn backlog(args: &BenchArgs, opts: Options) -> Result<Vec<String>, String> {

@@ -62,8 +62,8 @@ enum Cmd {
 }
 
 #[derive(Args, Clone)]
-struct Redis {
-    /// Seed nodes, comma-separated.
+struct RedisNodes {
+    /// Seed nodes of the Redis Cluster, comma-separated.
     #[arg(
         long,
         env = "EVENTPIPE_REDIS_NODES",
@@ -71,6 +71,12 @@ struct Redis {
         value_delimiter = ','
     )]
     redis_nodes: Vec<String>,
+}
+
+#[derive(Args, Clone)]
+struct Redis {
+    #[command(flatten)]
+    nodes: RedisNodes,
     /// `sink.keys.prefix` of the cache-updater that wrote the keys.
     #[arg(long, default_value = "")]
     prefix: String,
@@ -132,13 +138,19 @@ enum CacheGet {
 }
 
 #[derive(Args, Clone)]
-struct Mongo {
+struct MongoUri {
     #[arg(
         long,
         env = "EVENTPIPE_MONGODB_URI",
         default_value = "mongodb://127.0.0.1:27017/?replicaSet=rs0"
     )]
     mongodb_uri: String,
+}
+
+#[derive(Args, Clone)]
+struct Mongo {
+    #[command(flatten)]
+    uri: MongoUri,
     #[arg(long, default_value = "eventpipe")]
     database: String,
 }
@@ -173,13 +185,9 @@ enum BenchCmd {
     Ingest {
         #[command(flatten)]
         endpoints: Endpoints,
-        /// Each contender writes to a fresh database on this deployment, dropped afterwards.
-        #[arg(
-            long,
-            env = "EVENTPIPE_MONGODB_URI",
-            default_value = "mongodb://127.0.0.1:27017/?replicaSet=rs0"
-        )]
-        mongodb_uri: String,
+        /// Each contender writes to a fresh database there, dropped afterwards.
+        #[command(flatten)]
+        mongo: MongoUri,
         /// Records in the backlog.
         #[arg(long, default_value_t = 100_000)]
         events: u64,
@@ -194,13 +202,9 @@ enum BenchCmd {
     Aggregate {
         #[command(flatten)]
         endpoints: Endpoints,
-        /// Each run folds into a fresh database on this deployment, dropped afterwards.
-        #[arg(
-            long,
-            env = "EVENTPIPE_MONGODB_URI",
-            default_value = "mongodb://127.0.0.1:27017/?replicaSet=rs0"
-        )]
-        mongodb_uri: String,
+        /// Each run folds into a fresh database there, dropped afterwards.
+        #[command(flatten)]
+        mongo: MongoUri,
         /// Records in the backlog.
         #[arg(long, default_value_t = 200_000)]
         events: u64,
@@ -212,15 +216,9 @@ enum BenchCmd {
     Cache {
         #[command(flatten)]
         endpoints: Endpoints,
-        /// Seed nodes, comma-separated; each run writes under a fresh key prefix and deletes
-        /// its keys afterwards.
-        #[arg(
-            long,
-            env = "EVENTPIPE_REDIS_NODES",
-            default_value = "127.0.0.1:7000",
-            value_delimiter = ','
-        )]
-        redis_nodes: Vec<String>,
+        /// Each run writes under a fresh key prefix and deletes its keys afterwards.
+        #[command(flatten)]
+        redis: RedisNodes,
         /// Records in the backlog.
         #[arg(long, default_value_t = 100_000)]
         events: u64,
@@ -356,31 +354,20 @@ async fn execute(cmd: Cmd) -> Result<(), String> {
             events,
             runs,
         }) => {
-            let report = pipelinectl::bench::runtime(pipelinectl::bench::BenchArgs {
-                bootstrap: e.bootstrap_servers,
-                registry: e.schema_registry,
-                events,
-                runs: runs.max(1),
-            })
-            .await?;
+            let report = pipelinectl::bench::runtime(bench_args(e, events, runs)).await?;
             print!("{report}");
         }
         Cmd::Bench(BenchCmd::Ingest {
             endpoints: e,
-            mongodb_uri,
+            mongo,
             events,
             naive_events,
             runs,
         }) => {
             let report =
                 pipelinectl::bench::ingest::ingest(pipelinectl::bench::ingest::IngestArgs {
-                    bench: pipelinectl::bench::BenchArgs {
-                        bootstrap: e.bootstrap_servers,
-                        registry: e.schema_registry,
-                        events,
-                        runs: runs.max(1),
-                    },
-                    mongodb_uri,
+                    bench: bench_args(e, events, runs),
+                    mongodb_uri: mongo.mongodb_uri,
                     naive_events,
                 })
                 .await?;
@@ -388,44 +375,34 @@ async fn execute(cmd: Cmd) -> Result<(), String> {
         }
         Cmd::Bench(BenchCmd::Cache {
             endpoints: e,
-            redis_nodes,
+            redis,
             events,
             runs,
         }) => {
             let report = pipelinectl::bench::cache::cache(pipelinectl::bench::cache::CacheArgs {
-                bench: pipelinectl::bench::BenchArgs {
-                    bootstrap: e.bootstrap_servers,
-                    registry: e.schema_registry,
-                    events,
-                    runs: runs.max(1),
-                },
-                redis_nodes,
+                bench: bench_args(e, events, runs),
+                redis_nodes: redis.redis_nodes,
             })
             .await?;
             print!("{report}");
         }
         Cmd::Bench(BenchCmd::Aggregate {
             endpoints: e,
-            mongodb_uri,
+            mongo,
             events,
             runs,
         }) => {
             use pipelinectl::bench::aggregate::{aggregate, AggregateArgs};
             let report = aggregate(AggregateArgs {
-                bench: pipelinectl::bench::BenchArgs {
-                    bootstrap: e.bootstrap_servers,
-                    registry: e.schema_registry,
-                    events,
-                    runs: runs.max(1),
-                },
-                mongodb_uri,
+                bench: bench_args(e, events, runs),
+                mongodb_uri: mongo.mongodb_uri,
             })
             .await?;
             print!("{report}");
         }
         Cmd::Cache(CacheCmd::Get { redis, what }) => cache_get(redis, what).await?,
         Cmd::Audit(AuditCmd::Verify { mongo, tenant }) => {
-            let client = mongodb::Client::with_uri_str(&mongo.mongodb_uri)
+            let client = mongodb::Client::with_uri_str(&mongo.uri.mongodb_uri)
                 .await
                 .map_err(|e| format!("--mongodb-uri: {e}"))?;
             let db = client.database(&mongo.database);
@@ -499,7 +476,7 @@ async fn main() -> ExitCode {
 
 async fn cache_get(redis: Redis, what: CacheGet) -> Result<(), String> {
     use cache_updater::{keys, read};
-    let config = eventpipe_stores::RedisConfig::new(redis.redis_nodes);
+    let config = eventpipe_stores::RedisConfig::new(redis.nodes.redis_nodes);
     let client = config.connect().await.map_err(|e| e.to_string())?;
     let p = redis.prefix.as_str();
     let err = |e: fred::error::Error| e.to_string();
@@ -570,5 +547,14 @@ fn print_hash(map: std::collections::BTreeMap<String, String>) {
     }
     for (k, v) in map {
         println!("{k}: {v}");
+    }
+}
+
+fn bench_args(e: Endpoints, events: u64, runs: usize) -> pipelinectl::bench::BenchArgs {
+    pipelinectl::bench::BenchArgs {
+        bootstrap: e.bootstrap_servers,
+        registry: e.schema_registry,
+        events,
+        runs: runs.max(1),
     }
 }

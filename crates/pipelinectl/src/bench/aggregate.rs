@@ -17,8 +17,7 @@ use eventpipe_runtime::config::BatchConfig;
 use eventpipe_stores::MongoConfig;
 
 use super::runtime::raw_rate;
-use super::{backlog, cores, runtime_rate, table, unique, BenchArgs, Series};
-use crate::generate::Options;
+use super::{backlog, cores, recent_stream, runtime_rate, table, unique, BenchArgs, Series};
 
 pub struct AggregateArgs {
     pub bench: BenchArgs,
@@ -27,20 +26,7 @@ pub struct AggregateArgs {
 
 pub async fn aggregate(args: AggregateArgs) -> Result<String, String> {
     let _metrics = eventpipe_runtime::telemetry::install_metrics_recorder()?;
-    let now = bson::DateTime::now().timestamp_millis();
-    let step = 2;
-    let topics = backlog(
-        &args.bench,
-        Options {
-            seed: 17,
-            duplicates: 0.01,
-            out_of_order: 0.02,
-            start_time_ms: now - args.bench.events as i64 * step,
-            step_ms: step,
-            ..Options::default()
-        },
-    )
-    .await?;
+    let topics = backlog(&args.bench, recent_stream(17, args.bench.events, 2)).await?;
     let total = args.bench.events;
     // As shipped in pipelines/aggregator.toml.
     let window = BatchConfig {

@@ -21,8 +21,9 @@ use fred::prelude::*;
 use futures::future::try_join_all;
 use futures::TryStreamExt;
 
-use super::{backlog, cores, load, ratio, runtime_rate, table, unique, BenchArgs, Series};
-use crate::generate::Options;
+use super::{
+    backlog, cores, load, ratio, recent_stream, runtime_rate, table, unique, BenchArgs, Series,
+};
 
 pub struct CacheArgs {
     pub bench: BenchArgs,
@@ -31,20 +32,7 @@ pub struct CacheArgs {
 
 pub async fn cache(args: CacheArgs) -> Result<String, String> {
     let _metrics = eventpipe_runtime::telemetry::install_metrics_recorder()?;
-    let now = bson::DateTime::now().timestamp_millis();
-    let topics = backlog(
-        &args.bench,
-        Options {
-            seed: 13,
-            duplicates: 0.01,
-            out_of_order: 0.02,
-            // Dated now, so nothing is written already expired.
-            start_time_ms: now - now % 60_000,
-            step_ms: 1,
-            ..Options::default()
-        },
-    )
-    .await?;
+    let topics = backlog(&args.bench, recent_stream(13, args.bench.events, 1)).await?;
     eprintln!("reading the backlog back…");
     let partitions = load(&args.bench, &topics).await?;
     let total: u64 = partitions.iter().map(|p| p.len() as u64).sum();

@@ -28,11 +28,12 @@ use futures::future::try_join_all;
 use ingest_writer::{docs, fold_orders, IngestSink, EVENTS, ORDERS};
 use mongodb::error::ErrorKind;
 use mongodb::Database;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::{ClientConfig, Message};
+use rdkafka::Message;
 
-use super::{backlog, cores, group, load, ratio, runtime_rate, table, unique, BenchArgs, Series};
-use crate::generate::Options;
+use super::{
+    backlog, cores, load, ratio, recent_stream, runtime_rate, subscribed, table, unique, BenchArgs,
+    Series,
+};
 
 pub struct IngestArgs {
     pub bench: BenchArgs,
@@ -46,20 +47,7 @@ const UPDATE_CHUNK: usize = 500;
 
 pub async fn ingest(args: IngestArgs) -> Result<String, String> {
     let _metrics = eventpipe_runtime::telemetry::install_metrics_recorder()?;
-    let now = bson::DateTime::now().timestamp_millis();
-    let topics = backlog(
-        &args.bench,
-        Options {
-            seed: 11,
-            duplicates: 0.01,
-            out_of_order: 0.02,
-            // Dated now, so the TTL index keeps what the runs write.
-            start_time_ms: now - now % 60_000,
-            step_ms: 1,
-            ..Options::default()
-        },
-    )
-    .await?;
+    let topics = backlog(&args.bench, recent_stream(11, args.bench.events, 1)).await?;
     eprintln!("reading the backlog back…");
     let partitions = load(&args.bench, &topics).await?;
     let total: u64 = partitions.iter().map(|p| p.len() as u64).sum();
@@ -225,14 +213,8 @@ async fn naive_rate(
         db.collection::<Document>(EVENTS),
         db.collection::<Document>(ORDERS),
     );
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &args.bootstrap)
-        .set("group.id", group())
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .map_err(|e| e.to_string())?;
-    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&names).map_err(|e| e.to_string())?;
+    // Auto-commit, as such consumers usually run.
+    let consumer = subscribed(args, topics, true)?;
     let decoder = AnyDecoder::new(Arc::new(SchemaRegistry::new(&args.registry)));
     let mut first = None;
     for seen in 0..count {

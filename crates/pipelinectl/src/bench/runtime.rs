@@ -15,10 +15,9 @@ use eventpipe_events::registry::SchemaRegistry;
 use eventpipe_events::AnyDecoder;
 use eventpipe_runtime::config::BatchConfig;
 use eventpipe_runtime::sink::{Outcome, Record, Sink, SinkError};
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::{ClientConfig, Message};
+use rdkafka::Message;
 
-use super::{backlog, cores, group, ratio, runtime_rate, table, BenchArgs, Series};
+use super::{backlog, cores, ratio, runtime_rate, subscribed, table, BenchArgs, Series};
 use crate::generate::Options;
 
 pub async fn runtime(args: BenchArgs) -> Result<String, String> {
@@ -54,15 +53,7 @@ pub async fn runtime(args: BenchArgs) -> Result<String, String> {
 
 /// Receives and decodes every record in one task; records/s from first to last record.
 pub(super) async fn raw_rate(args: &BenchArgs, topics: &[String]) -> Result<f64, String> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &args.bootstrap)
-        .set("group.id", group())
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .map_err(|e| e.to_string())?;
-    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&names).map_err(|e| e.to_string())?;
+    let consumer = subscribed(args, topics, false)?;
     let decoder = AnyDecoder::new(Arc::new(SchemaRegistry::new(&args.registry)));
     let mut first = None;
     let mut seen = 0u64;
