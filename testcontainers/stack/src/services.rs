@@ -204,7 +204,9 @@ where
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
-        if service.pid(spec).is_none() {
+        // Only whether the process lives: right after the spawn its command line may still
+        // be the parent's, which `Service::pid` would not recognise.
+        if process::running_pid(&service.pidfile(spec)).is_none() {
             return Err(unhealthy(
                 spec,
                 service,

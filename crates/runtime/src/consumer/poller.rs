@@ -147,21 +147,35 @@ impl<S: Sink> ConsumerContext for PipelineContext<S> {
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        match result {
-            Ok(()) => counter!(m::COMMITS, "mode" => "async", "result" => "ok").increment(1),
-            Err(e) => {
-                counter!(m::COMMITS, "mode" => "async", "result" => "error").increment(1);
-                tracing::warn!(error = %e, "offset commit failed; it is retried on the next tick");
-                // Make the next tick send these again.
-                let mut partitions = self.partitions();
-                for e in offsets.elements() {
-                    if let Some(p) = partitions
-                        .get_mut(e.topic())
-                        .and_then(|ps| ps.get_mut(&e.partition()))
-                    {
-                        p.committed = -1;
-                    }
-                }
+        // The request can succeed while single partitions fail (an old generation after a
+        // rebalance or a broker restart): those are sent again on the next tick too.
+        let failed: Vec<_> = offsets
+            .elements()
+            .into_iter()
+            .filter(|e| result.is_err() || e.error().is_err())
+            .collect();
+        if failed.is_empty() {
+            counter!(m::COMMITS, "mode" => "async", "result" => "ok").increment(1);
+            return;
+        }
+        counter!(m::COMMITS, "mode" => "async", "result" => "error").increment(1);
+        let error = match (&result, failed.first().map(|e| e.error())) {
+            (Err(e), _) => e.to_string(),
+            (_, Some(Err(e))) => e.to_string(),
+            _ => String::new(),
+        };
+        tracing::warn!(
+            %error,
+            partitions = failed.len(),
+            "offset commit failed; it is retried on the next tick"
+        );
+        let mut partitions = self.partitions();
+        for e in failed {
+            if let Some(p) = partitions
+                .get_mut(e.topic())
+                .and_then(|ps| ps.get_mut(&e.partition()))
+            {
+                p.committed = -1;
             }
         }
     }
@@ -330,6 +344,7 @@ pub(crate) fn run<S: Sink>(
 ) {
     let ctx = consumer.context().clone();
     let mut next_commit = Instant::now() + commit_interval;
+    let mut ticks: u64 = 0;
     while !shutdown.is_cancelled() {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(message)) => hand_over_early(&ctx, &message),
@@ -343,7 +358,8 @@ pub(crate) fn run<S: Sink>(
         if Instant::now() >= next_commit {
             next_commit = Instant::now() + commit_interval;
             learn_start_positions(&ctx, &consumer);
-            commit_async(&ctx, &consumer);
+            ticks += 1;
+            commit_async(&ctx, &consumer, ticks.is_multiple_of(FULL_COMMIT_EVERY));
             report_in_flight(&ctx);
         }
     }
@@ -448,9 +464,19 @@ fn learn_start_positions<S: Sink>(
     }
 }
 
-fn commit_async<S: Sink>(ctx: &PipelineContext<S>, consumer: &BaseConsumer<PipelineContext<S>>) {
+/// Every this many commit ticks, every durable offset is committed again, changed or not: a
+/// commit that failed without the failure being reported to the commit callback (seen during
+/// a rejoin after a broker restart, "generation id is not valid") would otherwise leave an
+/// idle partition's lag above zero until its next record.
+const FULL_COMMIT_EVERY: u64 = 10;
+
+fn commit_async<S: Sink>(
+    ctx: &PipelineContext<S>,
+    consumer: &BaseConsumer<PipelineContext<S>>,
+    all: bool,
+) {
     let mut partitions = ctx.partitions();
-    let tpl = offsets_to_commit(each(&partitions), false);
+    let tpl = offsets_to_commit(each(&partitions), all);
     let Some(tpl) = tpl else { return };
     if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
         tracing::warn!(error = %e, "cannot send offset commit");
