@@ -59,6 +59,62 @@ enum Cmd {
     /// The Redis cache that cache-updater maintains.
     #[command(subcommand)]
     Cache(CacheCmd),
+    /// Read the source topics from the beginning, compute what every store must hold and
+    /// compare: one row per store (expected, found, missing, extra, wrong). Exit 1 on any
+    /// difference. Where to look comes from the binaries' configs and environment overrides.
+    Verify {
+        /// Directory of the binaries' config files.
+        #[arg(long, default_value = "pipelines")]
+        pipelines: std::path::PathBuf,
+    },
+    /// Run the four binaries against a local stack while producing, kill members and
+    /// restart services meanwhile, wait for the groups to catch up and verify.
+    Chaos(ChaosArgs),
+}
+
+#[derive(Args)]
+struct ChaosArgs {
+    #[command(flatten)]
+    endpoints: Endpoints,
+    #[command(flatten)]
+    mongo: MongoUri,
+    #[command(flatten)]
+    redis: RedisNodes,
+    /// The local stack whose services are restarted (`stack ... --name`).
+    #[arg(long, default_value = "chaos")]
+    stack: String,
+    /// Directory of the binaries' config files.
+    #[arg(long, default_value = "pipelines")]
+    pipelines: std::path::PathBuf,
+    /// Member logs go to <work-dir>/<run>/.
+    #[arg(long, default_value = "target/chaos")]
+    work_dir: std::path::PathBuf,
+    /// Records to publish.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+    /// Records per second.
+    #[arg(long, default_value_t = 2_000.0)]
+    rate: f64,
+    /// Members of each binary's group.
+    #[arg(long, default_value_t = 2)]
+    members: usize,
+    /// Members killed with SIGKILL (and started again).
+    #[arg(long, default_value_t = 20)]
+    kills: usize,
+    #[arg(long, default_value_t = 1)]
+    broker_restarts: usize,
+    #[arg(long, default_value_t = 1)]
+    mongod_restarts: usize,
+    #[arg(long, default_value_t = 1)]
+    redis_master_kills: usize,
+    #[arg(long, default_value_t = 6)]
+    partitions: i32,
+    /// Seeds the records and the order and targets of the faults.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Seconds the groups may take to catch up after the producer finished.
+    #[arg(long, default_value_t = 1800)]
+    settle_timeout_s: u64,
 }
 
 #[derive(Args, Clone)]
@@ -401,6 +457,42 @@ async fn execute(cmd: Cmd) -> Result<(), String> {
             print!("{report}");
         }
         Cmd::Cache(CacheCmd::Get { redis, what }) => cache_get(redis, what).await?,
+        Cmd::Verify { pipelines } => {
+            let env: Vec<(String, String)> = std::env::vars().collect();
+            let p = pipelinectl::verify::Pipelines::load(&pipelines, &env)?;
+            let report = pipelinectl::verify::run(&p).await?;
+            println!("{report}");
+            if !report.is_clean() {
+                return Err("the stores differ from what the topics say they must hold".into());
+            }
+        }
+        Cmd::Chaos(a) => {
+            let outcome = pipelinectl::chaos::run(pipelinectl::chaos::ChaosOptions {
+                stack: a.stack,
+                bootstrap: a.endpoints.bootstrap_servers,
+                registry: a.endpoints.schema_registry,
+                mongodb_uri: a.mongo.mongodb_uri,
+                redis_nodes: a.redis.redis_nodes,
+                pipelines: a.pipelines,
+                bin_dir: pipelinectl::chaos::own_dir()?,
+                work_dir: a.work_dir,
+                events: a.events,
+                rate: a.rate,
+                members: a.members,
+                kills: a.kills,
+                broker_restarts: a.broker_restarts,
+                mongod_restarts: a.mongod_restarts,
+                redis_master_kills: a.redis_master_kills,
+                partitions: a.partitions,
+                seed: a.seed,
+                settle_timeout: std::time::Duration::from_secs(a.settle_timeout_s),
+            })
+            .await?;
+            println!("{outcome}");
+            if !outcome.passed() {
+                return Err(format!("chaos run {} failed", outcome.run));
+            }
+        }
         Cmd::Audit(AuditCmd::Verify { mongo, tenant }) => {
             let client = mongodb::Client::with_uri_str(&mongo.uri.mongodb_uri)
                 .await
