@@ -20,7 +20,7 @@ DEBIAN_PACKAGES := pkg-config libssl-dev zlib1g-dev libzstd-dev cmake redis-serv
 BINARIES := ingest-writer audit-writer aggregator cache-updater
 
 .PHONY: deps build run test stack-up stack-down stack-status test-stack-up test-stack-down \
-        lint schemas-check chaos chaos-ci chaos-stack-up bench-runtime bench-ingest bench-cache bench-aggregate
+        lint schemas-check chaos chaos-ci chaos-stack-up bench bench-runtime bench-ingest bench-cache bench-aggregate
 
 deps:
 	@missing=$$(for p in $(DEBIAN_PACKAGES); do \
@@ -130,6 +130,17 @@ chaos: chaos-stack-up
 chaos-ci: chaos-stack-up
 	set -a; source target/chaos-stack.env; set +a; \
 	$(PIPELINECTL) chaos --stack chaos --events 30000 --rate 600 --kills 4 $(CHAOS_FLAGS)
+
+# `make bench`: every benchmark in one go (release build) on the test stack (in-memory broker,
+# so the broker is not the bottleneck), plus latency at half of each measured rate and peak RSS
+# under a 1M-record backlog; the report goes to bench/results.md.
+# Smaller: `make bench BENCH_FLAGS="--events 20000 --runs 1 --rss-events 100000"`.
+BENCH_FLAGS ?=
+
+bench: test-stack-up
+	$(CARGO) build --release --workspace --bins
+	set -a; source target/test-stack.env; set +a; \
+	target/release/pipelinectl bench all $(BENCH_FLAGS)
 
 # Each schema version can read every earlier one (BACKWARD_TRANSITIVE) and the samples match.
 schemas-check:

@@ -32,6 +32,7 @@ use crate::setup;
 pub mod aggregate;
 pub mod cache;
 pub mod ingest;
+pub mod report;
 pub mod runtime;
 
 pub use runtime::runtime;
@@ -39,6 +40,7 @@ pub use runtime::runtime;
 /// Partitions of each backlog topic.
 const PARTITIONS: i32 = 6;
 
+#[derive(Debug, Clone)]
 pub struct BenchArgs {
     pub bootstrap: String,
     pub registry: String,
@@ -65,6 +67,16 @@ impl Series {
     }
 }
 
+/// The `q` quantile (0..=1) of `values`, nearest rank.
+pub fn percentile(values: &[f64], q: f64) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n => v[((n as f64 * q).ceil() as usize).clamp(1, n) - 1],
+    }
+}
+
 pub fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
@@ -86,13 +98,54 @@ fn table(series: &[&Series]) -> String {
     out
 }
 
+/// A ratio of medians, and the target it has if any.
+#[derive(Debug, Clone)]
+pub struct Ratio {
+    pub label: String,
+    pub value: f64,
+    pub target: Option<f64>,
+}
+
+impl Ratio {
+    pub fn met(&self) -> Option<bool> {
+        self.target.map(|t| self.value >= t)
+    }
+
+    pub fn line(&self) -> String {
+        match self.target {
+            Some(t) => format!(
+                "ratio {} (medians): {:.2} (target >= {t}: {})\n",
+                self.label,
+                self.value,
+                if self.value >= t { "met" } else { "NOT met" }
+            ),
+            None => format!("ratio {} (medians): {:.2}\n", self.label, self.value),
+        }
+    }
+}
+
+/// What one benchmark measured: its report, its ratios, and the end-to-end rate of the
+/// binary it measures (median records/s).
+#[derive(Debug, Clone)]
+pub struct Section {
+    pub text: String,
+    pub ratios: Vec<Ratio>,
+    pub rate: f64,
+}
+
+impl std::fmt::Display for Section {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
 /// `numerator / denominator` of the medians against a target.
-fn ratio(label: &str, numerator: &Series, denominator: &Series, target: f64) -> String {
-    let r = numerator.median() / denominator.median();
-    format!(
-        "ratio {label} (medians): {r:.2} (target >= {target}: {})\n",
-        if r >= target { "met" } else { "NOT met" }
-    )
+fn ratio(label: &str, numerator: &Series, denominator: &Series, target: Option<f64>) -> Ratio {
+    Ratio {
+        label: label.to_owned(),
+        value: numerator.median() / denominator.median(),
+        target,
+    }
 }
 
 fn cores() -> usize {
@@ -186,6 +239,8 @@ struct Counting<S> {
     first: Mutex<Option<Instant>>,
     last: Mutex<Option<Instant>>,
     done: CancellationToken,
+    /// When set: for each record written, ms from its Kafka timestamp to the write's return.
+    latencies: Option<Mutex<Vec<f64>>>,
 }
 
 impl<S: Sink> Sink for Counting<S> {
@@ -197,6 +252,17 @@ impl<S: Sink> Sink for Counting<S> {
             .unwrap_or_else(|p| p.into_inner())
             .get_or_insert_with(Instant::now);
         let out = self.inner.write(batch).await?;
+        if let Some(l) = &self.latencies {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            let mut l = l.lock().unwrap_or_else(|p| p.into_inner());
+            for (r, o) in batch.iter().zip(&out) {
+                if let (Some(t), Outcome::Written) = (r.source.timestamp, o) {
+                    l.push((now - t) as f64);
+                }
+            }
+        }
         let seen = self.seen.fetch_add(batch.len() as u64, Ordering::Relaxed) + batch.len() as u64;
         if seen >= self.target {
             *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
@@ -219,6 +285,38 @@ async fn runtime_rate<S: Sink>(
     target: u64,
     batch: BatchConfig,
 ) -> Result<f64, String> {
+    Ok(runtime_run(args, topics, sink, target, batch, false)
+        .await?
+        .rate)
+}
+
+/// What [`runtime_run`] measured.
+struct Run {
+    rate: f64,
+    /// Per record written, ms from its Kafka timestamp (when asked for).
+    latencies: Vec<f64>,
+}
+
+/// The records in `topics` now (the sum of their high watermarks).
+fn topics_for(args: &BenchArgs, topics: &[String]) -> Result<u64, String> {
+    let mut total = 0;
+    for t in topics {
+        total += crate::topics::high_watermarks(&args.bootstrap, t)?
+            .iter()
+            .sum::<i64>();
+    }
+    Ok(total as u64)
+}
+
+/// [`runtime_rate`], optionally recording each record's latency.
+async fn runtime_run<S: Sink>(
+    args: &BenchArgs,
+    topics: &[String],
+    sink: S,
+    target: u64,
+    batch: BatchConfig,
+    latencies: bool,
+) -> Result<Run, String> {
     let shutdown = CancellationToken::new();
     let sink = Arc::new(Counting {
         inner: sink,
@@ -227,6 +325,7 @@ async fn runtime_rate<S: Sink>(
         first: Mutex::new(None),
         last: Mutex::new(None),
         done: shutdown.clone(),
+        latencies: latencies.then(|| Mutex::new(Vec::new())),
     });
     let config = PipelineConfig {
         consumer: ConsumerConfig {
@@ -279,8 +378,16 @@ async fn runtime_rate<S: Sink>(
     }
     let first = *sink.first.lock().unwrap_or_else(|p| p.into_inner());
     let last = *sink.last.lock().unwrap_or_else(|p| p.into_inner());
+    let latencies = sink
+        .latencies
+        .as_ref()
+        .map(|l| std::mem::take(&mut *l.lock().unwrap_or_else(|p| p.into_inner())))
+        .unwrap_or_default();
     match (first, last) {
-        (Some(f), Some(l)) => Ok(target as f64 / (l - f).as_secs_f64()),
+        (Some(f), Some(l)) => Ok(Run {
+            rate: target as f64 / (l - f).as_secs_f64(),
+            latencies,
+        }),
         _ => Err("the runtime consumer saw no records".into()),
     }
 }

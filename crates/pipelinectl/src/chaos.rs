@@ -27,15 +27,21 @@ pub const BINARIES: [&str; 4] = [
     "cache-updater",
 ];
 
+/// Where the services are.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    pub bootstrap: String,
+    pub registry: String,
+    pub mongodb_uri: String,
+    pub redis_nodes: Vec<String>,
+}
+
 /// Where the stack is and what to do to it.
 #[derive(Debug, Clone)]
 pub struct ChaosOptions {
     /// `stack` name (its services are restarted through `stack restart --name <stack>`).
     pub stack: String,
-    pub bootstrap: String,
-    pub registry: String,
-    pub mongodb_uri: String,
-    pub redis_nodes: Vec<String>,
+    pub endpoints: Endpoints,
     /// Directory of the binaries' config files.
     pub pipelines: PathBuf,
     /// Directory holding the four binaries and `stack`.
@@ -152,18 +158,13 @@ impl Run {
         self.spawned += 1;
         let name = format!("{binary}-{slot}");
         let log = self.dir.join(format!("{name}.{}.log", self.spawned));
-        let exe = self.opts.bin_dir.join(binary);
-        let own = binary.to_ascii_uppercase().replace('-', "_");
-        let child = Command::new(&exe)
-            .arg("--config")
-            .arg(self.opts.pipelines.join(format!("{binary}.toml")))
-            .envs(self.env.iter().cloned())
-            // Every member serves its admin endpoints on a port of its own.
-            .env(format!("{own}__ADMIN__LISTEN"), "127.0.0.1:0")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?)
-            .spawn()
-            .map_err(|e| format!("{} does not start: {e}", exe.display()))?;
+        let child = spawn_member(
+            &self.opts.bin_dir,
+            &self.opts.pipelines,
+            binary,
+            &self.env,
+            &log,
+        )?;
         Ok(Member {
             name,
             binary,
@@ -240,6 +241,7 @@ impl Run {
             Fault::KillRedisMaster => {
                 let master = self
                     .opts
+                    .endpoints
                     .redis_nodes
                     .iter()
                     .find(|n| redis_cli(n, &["role"]).is_some_and(|r| r.starts_with("master")))
@@ -254,6 +256,7 @@ impl Run {
                 self.stack(&["kill", &format!("redis-{port}")])?;
                 let survivors: Vec<String> = self
                     .opts
+                    .endpoints
                     .redis_nodes
                     .iter()
                     .filter(|n| **n != master)
@@ -285,7 +288,7 @@ impl Run {
         let mut total = 0;
         for (group, group_topics) in groups {
             for t in group_topics {
-                total += topics::lag(&self.opts.bootstrap, group, t)?.1;
+                total += topics::lag(&self.opts.endpoints.bootstrap, group, t)?.1;
             }
         }
         Ok(total)
@@ -315,13 +318,36 @@ async fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool) -> Resul
     Ok(())
 }
 
+/// Starts `<bin_dir>/<binary> --config <pipelines>/<binary>.toml` with `env`, its log in
+/// `log` and its admin endpoints on a port of its own.
+pub fn spawn_member(
+    bin_dir: &Path,
+    pipelines: &Path,
+    binary: &str,
+    env: &[(String, String)],
+    log: &Path,
+) -> Result<Child, String> {
+    let exe = bin_dir.join(binary);
+    let own = binary.to_ascii_uppercase().replace('-', "_");
+    Command::new(&exe)
+        .arg("--config")
+        .arg(pipelines.join(format!("{binary}.toml")))
+        .envs(env.iter().cloned())
+        .env(format!("{own}__ADMIN__LISTEN"), "127.0.0.1:0")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?)
+        .spawn()
+        .map_err(|e| format!("{} does not start: {e}", exe.display()))
+}
+
 fn now_ms() -> i64 {
     bson::DateTime::now().timestamp_millis()
 }
 
-/// The run's environment overrides: its topics, groups, database and key prefix, and the
-/// stack's endpoints. The same overrides make `verify` look where the members wrote.
-fn environment(o: &ChaosOptions, id: &str, platform: &str, orders: &str) -> Vec<(String, String)> {
+/// A run's environment overrides: its topics, groups (`<id>-<binary>`), database and key
+/// prefix (`<id>:`), and the stack's endpoints. The same overrides make `verify` look where
+/// the members wrote.
+pub fn environment(o: &Endpoints, id: &str, platform: &str, orders: &str) -> Vec<(String, String)> {
     let mut env = vec![
         (
             "EVENTPIPE__KAFKA__BOOTSTRAP_SERVERS".into(),
@@ -382,9 +408,9 @@ pub async fn run(o: ChaosOptions) -> Result<Outcome, String> {
         .iter()
         .flat_map(|t| [t.to_string(), format!("{t}.dlq"), format!("{t}.late")])
         .collect();
-    setup::create_topics(&o.bootstrap, &all, o.partitions).await?;
-    let ids = setup::register_schemas(&o.registry, &platform, &orders).await?;
-    let env = environment(&o, &id, &platform, &orders);
+    setup::create_topics(&o.endpoints.bootstrap, &all, o.partitions).await?;
+    let ids = setup::register_schemas(&o.endpoints.registry, &platform, &orders).await?;
+    let env = environment(&o.endpoints, &id, &platform, &orders);
     let pipelines = verify::Pipelines::load(&o.pipelines, &env)?;
 
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(o.seed);
@@ -425,7 +451,7 @@ pub async fn run(o: ChaosOptions) -> Result<Outcome, String> {
         ..Options::default()
     };
     let target = Target {
-        bootstrap: o.bootstrap.clone(),
+        bootstrap: o.endpoints.bootstrap.clone(),
         platform_topic: platform.clone(),
         orders_topic: orders.clone(),
         rate: Some(o.rate),

@@ -223,8 +223,48 @@ enum AuditCmd {
     },
 }
 
+#[derive(Args)]
+struct BenchAll {
+    #[command(flatten)]
+    endpoints: Endpoints,
+    #[command(flatten)]
+    mongo: MongoUri,
+    #[command(flatten)]
+    redis: RedisNodes,
+    /// Records in each throughput benchmark's backlog.
+    #[arg(long, default_value_t = 100_000)]
+    events: u64,
+    /// Records the naive consumer handles per run.
+    #[arg(long, default_value_t = 5_000)]
+    naive_events: u64,
+    /// Runs of each contender (alternating); medians are reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Seconds of publishing at half the measured rate, per binary, for the latency figures.
+    #[arg(long, default_value_t = 30)]
+    latency_seconds: u64,
+    /// Records in the backlog the binaries' peak RSS is measured under.
+    #[arg(long, default_value_t = 1_000_000)]
+    rss_events: u64,
+    /// Longest each binary runs against that backlog, seconds.
+    #[arg(long, default_value_t = 90)]
+    rss_window_s: u64,
+    /// Directory of the binaries' config files.
+    #[arg(long, default_value = "pipelines")]
+    pipelines: std::path::PathBuf,
+    /// Logs of the binaries started for the memory figures.
+    #[arg(long, default_value = "target/bench")]
+    work_dir: std::path::PathBuf,
+    /// Where the Markdown report goes.
+    #[arg(long, default_value = "bench/results.md")]
+    out: std::path::PathBuf,
+}
+
 #[derive(Subcommand)]
 enum BenchCmd {
+    /// Every benchmark in one go, plus latency at half the measured rates and peak RSS under a
+    /// 1M-record backlog; writes a Markdown report (bench/results.md).
+    All(BenchAll),
     /// Raw rdkafka consume+decode rate vs. the consumer runtime with a no-op sink.
     Runtime {
         #[command(flatten)]
@@ -410,7 +450,8 @@ async fn execute(cmd: Cmd) -> Result<(), String> {
             events,
             runs,
         }) => {
-            let report = pipelinectl::bench::runtime(bench_args(e, events, runs)).await?;
+            let _metrics = eventpipe_runtime::telemetry::install_metrics_recorder()?;
+            let report = pipelinectl::bench::runtime(&bench_args(e, events, runs)).await?;
             print!("{report}");
         }
         Cmd::Bench(BenchCmd::Ingest {
@@ -420,8 +461,9 @@ async fn execute(cmd: Cmd) -> Result<(), String> {
             naive_events,
             runs,
         }) => {
+            let _metrics = eventpipe_runtime::telemetry::install_metrics_recorder()?;
             let report =
-                pipelinectl::bench::ingest::ingest(pipelinectl::bench::ingest::IngestArgs {
+                pipelinectl::bench::ingest::ingest(&pipelinectl::bench::ingest::IngestArgs {
                     bench: bench_args(e, events, runs),
                     mongodb_uri: mongo.mongodb_uri,
                     naive_events,
@@ -435,7 +477,8 @@ async fn execute(cmd: Cmd) -> Result<(), String> {
             events,
             runs,
         }) => {
-            let report = pipelinectl::bench::cache::cache(pipelinectl::bench::cache::CacheArgs {
+            let _metrics = eventpipe_runtime::telemetry::install_metrics_recorder()?;
+            let report = pipelinectl::bench::cache::cache(&pipelinectl::bench::cache::CacheArgs {
                 bench: bench_args(e, events, runs),
                 redis_nodes: redis.redis_nodes,
             })
@@ -449,12 +492,35 @@ async fn execute(cmd: Cmd) -> Result<(), String> {
             runs,
         }) => {
             use pipelinectl::bench::aggregate::{aggregate, AggregateArgs};
-            let report = aggregate(AggregateArgs {
+            let _metrics = eventpipe_runtime::telemetry::install_metrics_recorder()?;
+            let report = aggregate(&AggregateArgs {
                 bench: bench_args(e, events, runs),
                 mongodb_uri: mongo.mongodb_uri,
             })
             .await?;
             print!("{report}");
+        }
+        Cmd::Bench(BenchCmd::All(a)) => {
+            let _metrics = eventpipe_runtime::telemetry::install_metrics_recorder()?;
+            let report = pipelinectl::bench::report::all(&pipelinectl::bench::report::AllArgs {
+                bench: bench_args(a.endpoints, a.events, a.runs),
+                mongodb_uri: a.mongo.mongodb_uri,
+                redis_nodes: a.redis.redis_nodes,
+                naive_events: a.naive_events,
+                rss_events: a.rss_events,
+                rss_window: std::time::Duration::from_secs(a.rss_window_s),
+                latency_seconds: a.latency_seconds,
+                pipelines: a.pipelines,
+                bin_dir: pipelinectl::chaos::own_dir()?,
+                work_dir: a.work_dir,
+            })
+            .await?;
+            if let Some(dir) = a.out.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            }
+            std::fs::write(&a.out, &report).map_err(|e| format!("{}: {e}", a.out.display()))?;
+            print!("{report}");
+            eprintln!("written to {}", a.out.display());
         }
         Cmd::Cache(CacheCmd::Get { redis, what }) => cache_get(redis, what).await?,
         Cmd::Verify { pipelines } => {
@@ -469,10 +535,12 @@ async fn execute(cmd: Cmd) -> Result<(), String> {
         Cmd::Chaos(a) => {
             let outcome = pipelinectl::chaos::run(pipelinectl::chaos::ChaosOptions {
                 stack: a.stack,
-                bootstrap: a.endpoints.bootstrap_servers,
-                registry: a.endpoints.schema_registry,
-                mongodb_uri: a.mongo.mongodb_uri,
-                redis_nodes: a.redis.redis_nodes,
+                endpoints: pipelinectl::chaos::Endpoints {
+                    bootstrap: a.endpoints.bootstrap_servers,
+                    registry: a.endpoints.schema_registry,
+                    mongodb_uri: a.mongo.mongodb_uri,
+                    redis_nodes: a.redis.redis_nodes,
+                },
                 pipelines: a.pipelines,
                 bin_dir: pipelinectl::chaos::own_dir()?,
                 work_dir: a.work_dir,

@@ -17,15 +17,16 @@ use eventpipe_runtime::config::BatchConfig;
 use eventpipe_stores::MongoConfig;
 
 use super::runtime::raw_rate;
-use super::{backlog, cores, recent_stream, runtime_rate, table, unique, BenchArgs, Series};
+use super::{
+    backlog, cores, ratio, recent_stream, runtime_rate, table, unique, BenchArgs, Section, Series,
+};
 
 pub struct AggregateArgs {
     pub bench: BenchArgs,
     pub mongodb_uri: String,
 }
 
-pub async fn aggregate(args: AggregateArgs) -> Result<String, String> {
-    let _metrics = eventpipe_runtime::telemetry::install_metrics_recorder()?;
+pub async fn aggregate(args: &AggregateArgs) -> Result<Section, String> {
     let topics = backlog(&args.bench, recent_stream(17, args.bench.events, 2)).await?;
     let total = args.bench.events;
     // As shipped in pipelines/aggregator.toml.
@@ -62,15 +63,20 @@ pub async fn aggregate(args: AggregateArgs) -> Result<String, String> {
         folded.rates.push(f);
         writes.rates.push(w);
     }
-    Ok(format!(
-        "aggregate benchmark: {total} records over 2 topics x 6 partitions, {} runs, {} cores, \
-         batch {} records / {} ms\n\n{}\nratio aggregator/raw (medians): {:.2}\nevents folded per bucket write (medians): {:.1}\n",
-        args.bench.runs,
-        cores(),
-        window.max_records,
-        window.max_age_ms,
-        table(&[&raw, &folded, &writes]),
-        folded.median() / raw.median(),
-        folded.median() / writes.median(),
-    ))
+    let r = ratio("aggregator/raw", &folded, &raw, None);
+    Ok(Section {
+        text: format!(
+            "aggregate benchmark: {total} records over 2 topics x 6 partitions, {} runs, {} cores, \
+             batch {} records / {} ms\n\n{}\n{}events folded per bucket write (medians): {:.1}\n",
+            args.bench.runs,
+            cores(),
+            window.max_records,
+            window.max_age_ms,
+            table(&[&raw, &folded, &writes]),
+            r.line(),
+            folded.median() / writes.median(),
+        ),
+        rate: folded.median(),
+        ratios: vec![r],
+    })
 }

@@ -22,7 +22,8 @@ use futures::future::try_join_all;
 use futures::TryStreamExt;
 
 use super::{
-    backlog, cores, load, ratio, recent_stream, runtime_rate, table, unique, BenchArgs, Series,
+    backlog, cores, load, ratio, recent_stream, runtime_rate, table, unique, BenchArgs, Section,
+    Series,
 };
 
 pub struct CacheArgs {
@@ -30,8 +31,7 @@ pub struct CacheArgs {
     pub redis_nodes: Vec<String>,
 }
 
-pub async fn cache(args: CacheArgs) -> Result<String, String> {
-    let _metrics = eventpipe_runtime::telemetry::install_metrics_recorder()?;
+pub async fn cache(args: &CacheArgs) -> Result<Section, String> {
     let topics = backlog(&args.bench, recent_stream(13, args.bench.events, 1)).await?;
     eprintln!("reading the backlog back…");
     let partitions = load(&args.bench, &topics).await?;
@@ -61,14 +61,19 @@ pub async fn cache(args: CacheArgs) -> Result<String, String> {
         eprintln!("run {run}: cache-updater {u:.0} records/s");
         updater.rates.push(u);
     }
-    Ok(format!(
-        "cache benchmark: {total} records over 2 topics x 6 partitions, {} runs, {} cores, \
-         6-node Redis Cluster\n\n{}\n{}",
-        args.bench.runs,
-        cores(),
-        table(&[&ceiling, &updater]),
-        ratio("cache-updater/ceiling", &updater, &ceiling, 0.7),
-    ))
+    let r = ratio("cache-updater/ceiling", &updater, &ceiling, Some(0.7));
+    Ok(Section {
+        text: format!(
+            "cache benchmark: {total} records over 2 topics x 6 partitions, {} runs, {} cores, \
+             6-node Redis Cluster\n\n{}\n{}",
+            args.bench.runs,
+            cores(),
+            table(&[&ceiling, &updater]),
+            r.line(),
+        ),
+        rate: updater.median(),
+        ratios: vec![r],
+    })
 }
 
 fn fresh(nodes: &[String]) -> RedisConfig {
@@ -93,7 +98,7 @@ async fn send_partition(
 }
 
 /// Deletes every key under `prefix`.
-async fn clean(client: &Client, prefix: &str) -> Result<(), String> {
+pub(super) async fn clean(client: &Client, prefix: &str) -> Result<(), String> {
     let keys: Vec<Key> = client
         .scan_cluster_buffered(format!("{prefix}*"), Some(1000), None)
         .try_collect()

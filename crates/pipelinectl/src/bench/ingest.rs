@@ -32,7 +32,7 @@ use rdkafka::Message;
 
 use super::{
     backlog, cores, load, ratio, recent_stream, runtime_rate, subscribed, table, unique, BenchArgs,
-    Series,
+    Section, Series,
 };
 
 pub struct IngestArgs {
@@ -45,8 +45,7 @@ pub struct IngestArgs {
 /// Statements per `update` command, as in the writer.
 const UPDATE_CHUNK: usize = 500;
 
-pub async fn ingest(args: IngestArgs) -> Result<String, String> {
-    let _metrics = eventpipe_runtime::telemetry::install_metrics_recorder()?;
+pub async fn ingest(args: &IngestArgs) -> Result<Section, String> {
     let topics = backlog(&args.bench, recent_stream(11, args.bench.events, 1)).await?;
     eprintln!("reading the backlog back…");
     let partitions = load(&args.bench, &topics).await?;
@@ -92,15 +91,23 @@ pub async fn ingest(args: IngestArgs) -> Result<String, String> {
         eprintln!("run {run}: naive {n:.0} records/s");
         naive.rates.push(n);
     }
-    Ok(format!(
-        "ingest benchmark: {total} records (naive consumer: the first {naive_events}) over 2 topics x 6 partitions, \
-         {} runs, {} cores, write concern majority+journal\n\n{}\n{}{}",
-        args.bench.runs,
-        cores(),
-        table(&[&ceiling, &writer, &naive]),
-        ratio("ingest-writer/ceiling", &writer, &ceiling, 0.8),
-        ratio("ingest-writer/naive", &writer, &naive, 20.0),
-    ))
+    let ratios = vec![
+        ratio("ingest-writer/ceiling", &writer, &ceiling, Some(0.8)),
+        ratio("ingest-writer/naive", &writer, &naive, Some(20.0)),
+    ];
+    Ok(Section {
+        text: format!(
+            "ingest benchmark: {total} records (naive consumer: the first {naive_events}) over 2 topics x 6 partitions, \
+             {} runs, {} cores, write concern majority+journal\n\n{}\n{}{}",
+            args.bench.runs,
+            cores(),
+            table(&[&ceiling, &writer, &naive]),
+            ratios[0].line(),
+            ratios[1].line(),
+        ),
+        rate: writer.median(),
+        ratios,
+    })
 }
 
 /// Runs `f` with a config for a database no one used, then drops the database.

@@ -17,14 +17,14 @@ use eventpipe_runtime::config::BatchConfig;
 use eventpipe_runtime::sink::{Outcome, Record, Sink, SinkError};
 use rdkafka::Message;
 
-use super::{backlog, cores, ratio, runtime_rate, subscribed, table, BenchArgs, Series};
+use super::{backlog, cores, ratio, runtime_rate, subscribed, table, BenchArgs, Section, Series};
 use crate::generate::Options;
 
-pub async fn runtime(args: BenchArgs) -> Result<String, String> {
-    // As in the binaries: metrics are recorded, so their cost is part of the figure.
-    let _metrics = eventpipe_runtime::telemetry::install_metrics_recorder()?;
+/// Metrics are recorded (the caller installs the recorder, as the binaries do), so their cost
+/// is part of the figure.
+pub async fn runtime(args: &BenchArgs) -> Result<Section, String> {
     let source = backlog(
-        &args,
+        args,
         Options {
             seed: 7,
             ..Options::default()
@@ -34,21 +34,26 @@ pub async fn runtime(args: BenchArgs) -> Result<String, String> {
     let mut raw = Series::new("raw rdkafka consume+decode");
     let mut runtime = Series::new("runtime, no-op sink");
     for run in 0..args.runs {
-        let r = raw_rate(&args, &source).await?;
+        let r = raw_rate(args, &source).await?;
         eprintln!("run {}: raw {:.0} records/s", run + 1, r);
         raw.rates.push(r);
-        let t = runtime_rate(&args, &source, NoOp, args.events, BatchConfig::default()).await?;
+        let t = runtime_rate(args, &source, NoOp, args.events, BatchConfig::default()).await?;
         eprintln!("run {}: runtime {:.0} records/s", run + 1, t);
         runtime.rates.push(t);
     }
-    Ok(format!(
-        "runtime benchmark: {} records over 2 topics x 6 partitions, {} runs, {} cores\n\n{}\n{}",
-        args.events,
-        args.runs,
-        cores(),
-        table(&[&raw, &runtime]),
-        ratio("runtime/raw", &runtime, &raw, 0.85),
-    ))
+    let r = ratio("runtime/raw", &runtime, &raw, Some(0.85));
+    Ok(Section {
+        text: format!(
+            "runtime benchmark: {} records over 2 topics x 6 partitions, {} runs, {} cores\n\n{}\n{}",
+            args.events,
+            args.runs,
+            cores(),
+            table(&[&raw, &runtime]),
+            r.line(),
+        ),
+        rate: runtime.median(),
+        ratios: vec![r],
+    })
 }
 
 /// Receives and decodes every record in one task; records/s from first to last record.
