@@ -2,25 +2,23 @@
 //! straightforward computation over the same events, through replays, kill -9s and
 //! redeliveries cut at other offsets; late and future events go to `<topic>.late`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use aggregator::{
-    hll_estimate, hll_position, order_effect, AggregatorSink, Granularity, EVENT_AGGREGATES,
-    EVENT_GRANULARITIES, HLL_REGISTERS, ORDER_AGGREGATES, ORDER_GRANULARITIES,
-};
+use aggregator::{AggregatorSink, EVENT_AGGREGATES, EVENT_GRANULARITIES, ORDER_AGGREGATES};
 use bson::{doc, DateTime, Document};
 use eventpipe_events::AnyEvent;
 use eventpipe_runtime::dlq::header;
 use eventpipe_runtime::sink::{Outcome, Record, Sink};
 use eventpipe_stores::MongoConfig;
 use eventpipe_tests::kafka::{header as header_text, read_all};
-use eventpipe_tests::mongo::{all, db, fingerprint, int, millis, text};
-use eventpipe_tests::pipeline::{workspace_binary, Fixture, Member};
+use eventpipe_tests::mongo::{db, fingerprint, int, millis};
+use eventpipe_tests::pipeline::{assert_clean, workspace_binary, Fixture, Member};
 use eventpipe_tests::records::{platform, record};
 use eventpipe_tests::{database, stack, wait_for};
 use mongodb::Database;
-use pipelinectl::generate::{Body, Generator, Options, SchemaVersion};
+use pipelinectl::generate::Options;
+use pipelinectl::verify::stores::{check_aggregates, check_diverted};
 
 const CAUGHT_UP: Duration = Duration::from_secs(300);
 
@@ -41,164 +39,11 @@ fn stream(seed: u64, start_time_ms: i64) -> Options {
     }
 }
 
-/// (tenant, event_type, environment, granularity, bucket_start ms)
-type EventKey = (String, String, String, &'static str, i64);
-/// (tenant, currency, granularity, bucket_start ms)
-type OrderKey = (String, String, &'static str, i64);
-
-/// count, users, first and last event time, sketch registers
-type EventBucket = (i64, BTreeSet<String>, i64, i64, Vec<i32>);
-
-/// The buckets a stream should produce: every record counted once; unique users as the
-/// exact set and as the registers the sketch must hold.
-#[derive(Default)]
-struct Oracle {
-    events: BTreeMap<EventKey, EventBucket>,
-    orders: BTreeMap<OrderKey, [i64; 4]>,
-}
-
-impl Oracle {
-    fn new(opts: &Options, count: u64) -> Self {
-        let mut o = Oracle::default();
-        for g in Generator::new(opts.clone()).take(count as usize) {
-            match g.body {
-                Body::Platform(e) => {
-                    for gr in EVENT_GRANULARITIES {
-                        let key = (
-                            e.tenant_id.clone(),
-                            e.event_type.clone(),
-                            e.context.environment.clone(),
-                            gr.label(),
-                            gr.bucket(e.event_time),
-                        );
-                        let b = o.events.entry(key).or_insert((
-                            0,
-                            BTreeSet::new(),
-                            e.event_time,
-                            e.event_time,
-                            vec![0; HLL_REGISTERS],
-                        ));
-                        b.0 += 1;
-                        b.1.insert(e.actor.user_id.clone());
-                        let (i, rank) = hll_position(&e.actor.user_id);
-                        b.4[i] = b.4[i].max(rank);
-                        b.2 = b.2.min(e.event_time);
-                        b.3 = b.3.max(e.event_time);
-                    }
-                }
-                Body::Order(mut e) => {
-                    // A v1 order event carries no refund: consumers read refunded_minor = 0.
-                    if g.version == SchemaVersion::V1 {
-                        e.refunded_minor = 0;
-                    }
-                    for gr in ORDER_GRANULARITIES {
-                        let key = (
-                            e.tenant_id.clone(),
-                            e.currency.clone(),
-                            gr.label(),
-                            gr.bucket(e.event_time),
-                        );
-                        let b = o.orders.entry(key).or_default();
-                        for (x, d) in b.iter_mut().zip(order_effect(&e)) {
-                            *x += d;
-                        }
-                    }
-                }
-            }
-        }
-        o
-    }
-
-    /// Differences between the oracle and the stored buckets: counts, times and sketch
-    /// registers exactly; the estimate from those registers, and within the sketch's error
-    /// of the exact number of users.
-    async fn diff(&self, db: &Database) -> Vec<String> {
-        let mut out = Vec::new();
-        let events = all(db, EVENT_AGGREGATES, doc! {}).await;
-        if events.len() != self.events.len() {
-            out.push(format!(
-                "{} event buckets stored, {} expected",
-                events.len(),
-                self.events.len()
-            ));
-        }
-        for d in &events {
-            let key: EventKey = (
-                text(d, "tenant_id").to_owned(),
-                text(d, "event_type").to_owned(),
-                text(d, "environment").to_owned(),
-                granularity(text(d, "granularity")),
-                millis(d, "bucket_start"),
-            );
-            let Some((count, users, first, last, registers)) = self.events.get(&key) else {
-                out.push(format!("unexpected bucket {key:?}"));
-                continue;
-            };
-            let got = (
-                int(d, "count"),
-                millis(d, "first_event_time"),
-                millis(d, "last_event_time"),
-            );
-            if got != (*count, *first, *last) {
-                out.push(format!("{key:?}: {got:?} != {:?}", (count, first, last)));
-            }
-            let stored: Vec<i32> = d
-                .get_array("hll")
-                .unwrap_or_else(|e| panic!("hll of {d}: {e}"))
-                .iter()
-                .map(|r| r.as_i32().expect("register"))
-                .collect();
-            if &stored != registers {
-                out.push(format!("{key:?}: sketch registers differ"));
-            }
-            let estimate = int(d, "unique_users") as f64;
-            if estimate != hll_estimate(registers).round() {
-                out.push(format!(
-                    "{key:?}: unique users {estimate} is not the registers' estimate"
-                ));
-            }
-            // Users colliding in a register are not told apart; 16 users in 1,024 registers
-            // can lose a few, large sets stay within three standard errors.
-            let exact = users.len() as f64;
-            if (estimate - exact).abs() > (exact * 0.1).max(5.0) {
-                out.push(format!("{key:?}: unique users {estimate} vs {exact}"));
-            }
-        }
-        let orders = all(db, ORDER_AGGREGATES, doc! {}).await;
-        if orders.len() != self.orders.len() {
-            out.push(format!(
-                "{} order buckets stored, {} expected",
-                orders.len(),
-                self.orders.len()
-            ));
-        }
-        for d in &orders {
-            let key: OrderKey = (
-                text(d, "tenant_id").to_owned(),
-                text(d, "currency").to_owned(),
-                granularity(text(d, "granularity")),
-                millis(d, "bucket_start"),
-            );
-            let got = [
-                int(d, "created"),
-                int(d, "paid"),
-                int(d, "cancelled"),
-                int(d, "revenue_minor"),
-            ];
-            if self.orders.get(&key) != Some(&got) {
-                out.push(format!("{key:?}: {got:?} != {:?}", self.orders.get(&key)));
-            }
-        }
-        out
-    }
-}
-
-fn granularity(label: &str) -> &'static str {
-    [Granularity::Minute, Granularity::Hour, Granularity::Day]
-        .into_iter()
-        .map(Granularity::label)
-        .find(|l| *l == label)
-        .unwrap_or_else(|| panic!("granularity {label}"))
+/// The buckets equal `pipelinectl verify`'s expectation from the topics: counts, times and
+/// sketch registers exactly, unique users within the sketch's error.
+async fn assert_buckets_as_expected(f: &Fixture, d: &Database) {
+    let want = f.expected("").await;
+    assert_clean(&check_aggregates(&want, d).await.expect("read the buckets"));
 }
 
 fn aggregator(f: &Fixture, name: &str) -> Member {
@@ -214,13 +59,18 @@ async fn buckets_equal_the_oracle_and_a_replay_changes_nothing() {
     let mut first = aggregator(&f, "first");
     f.wait_caught_up(CAUGHT_UP).await;
     let d = db(&f.database).await;
-    let diff = Oracle::new(&opts, count).diff(&d).await;
-    assert!(
-        diff.is_empty(),
-        "{} differences: {:#?}",
-        diff.len(),
-        &diff[..diff.len().min(10)]
-    );
+    assert_buckets_as_expected(&f, &d).await;
+    // The check can fail: one count off is reported as a wrong bucket.
+    d.collection::<Document>(EVENT_AGGREGATES)
+        .update_one(doc! {}, doc! {"$inc": {"count": 1_i64}})
+        .await
+        .expect("tamper");
+    let rows = check_aggregates(&f.expected("").await, &d).await.expect("read");
+    assert_eq!((rows[0].wrong, rows[0].missing, rows[0].extra), (1, 0, 0), "{rows:?}");
+    d.collection::<Document>(EVENT_AGGREGATES)
+        .update_one(doc! {}, doc! {"$inc": {"count": -1_i64}})
+        .await
+        .expect("restore");
     let before = (
         fingerprint(&d, EVENT_AGGREGATES).await,
         fingerprint(&d, ORDER_AGGREGATES).await,
@@ -259,12 +109,19 @@ async fn late_and_future_events_go_to_the_late_topic_not_into_buckets() {
     member.terminate(Duration::from_secs(30)).await;
 
     let d = db(&f.database).await;
-    let diff = Oracle::new(&on_time, 3_000).diff(&d).await;
-    assert!(
-        diff.is_empty(),
-        "only on-time events in buckets: {:#?}",
-        &diff[..diff.len().min(10)]
-    );
+    // Only on-time events in buckets; the late and future ones in `.late`, each once.
+    let want = f.expected("").await;
+    assert_eq!(want.late.len(), 600, "the expectation diverts them too");
+    assert_buckets_as_expected(&f, &d).await;
+    let consumer = [format!("aggregator/{}", f.group)];
+    for t in f.topics() {
+        let late: BTreeMap<_, _> = want.late.iter().filter(|(at, _)| at.0 == t).collect();
+        let late: BTreeMap<_, _> = late.into_iter().map(|(a, r)| (a.clone(), *r)).collect();
+        let row = check_diverted("late", &stack().kafka_bootstrap, &format!("{t}.late"), &late, &consumer)
+            .await
+            .expect("read the late topic");
+        assert_clean(&[row]);
+    }
 
     let bootstrap = stack().kafka_bootstrap;
     let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
@@ -310,13 +167,7 @@ async fn ten_kill_9s_while_folding_200k_events_leave_exact_counts() {
     f.wait_caught_up(CAUGHT_UP).await;
     member.terminate(Duration::from_secs(30)).await;
     let d = db(&f.database).await;
-    let diff = Oracle::new(&opts, count).diff(&d).await;
-    assert!(
-        diff.is_empty(),
-        "{} differences after 10 kills: {:#?}",
-        diff.len(),
-        &diff[..diff.len().min(10)]
-    );
+    assert_buckets_as_expected(&f, &d).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,12 +15,13 @@ use eventpipe_events::AnyEvent;
 use eventpipe_runtime::sink::{Outcome, Record, Sink};
 use eventpipe_stores::MongoConfig;
 use eventpipe_tests::mongo::{all, count, db, fingerprint, int, millis, text};
-use eventpipe_tests::pipeline::{workspace_binary, Fixture, Member};
+use eventpipe_tests::pipeline::{assert_clean, workspace_binary, Fixture, Member};
 use eventpipe_tests::records::{order, platform, record};
 use eventpipe_tests::{database, stack, wait_for};
 use ingest_writer::{IngestSink, EVENTS, MONGO_STATEMENTS, ORDERS, STALE_SKIPPED};
 use mongodb::Database;
-use pipelinectl::generate::{Body, Generator, Options};
+use pipelinectl::generate::Options;
+use pipelinectl::verify::stores::check_ingest;
 
 const CAUGHT_UP: Duration = Duration::from_secs(180);
 
@@ -37,47 +38,6 @@ fn mixed(seed: u64) -> Options {
         step_ms: 1,
         ..Options::default()
     }
-}
-
-/// What the stream should leave in MongoDB.
-#[derive(Default)]
-struct Expected {
-    /// Order records in the stream (re-sent ones included).
-    order_records: u64,
-    /// (tenant, event_id) of every platform event.
-    events: BTreeSet<(String, String)>,
-    /// Audit event ids per tenant.
-    audit: BTreeMap<String, BTreeSet<String>>,
-    /// (tenant, order_id) → (newest version, its status).
-    orders: BTreeMap<(String, String), (i64, String)>,
-}
-
-fn expected(opts: &Options, count: u64) -> Expected {
-    let mut out = Expected::default();
-    for g in Generator::new(opts.clone()).take(count as usize) {
-        match g.body {
-            Body::Platform(e) => {
-                if e.is_audit() {
-                    out.audit
-                        .entry(e.tenant_id.clone())
-                        .or_default()
-                        .insert(e.event_id.clone());
-                }
-                out.events.insert((e.tenant_id, e.event_id));
-            }
-            Body::Order(o) => {
-                out.order_records += 1;
-                let slot = out
-                    .orders
-                    .entry((o.tenant_id, o.order_id))
-                    .or_insert((0, String::new()));
-                if o.version > slot.0 {
-                    *slot = (o.version, o.status);
-                }
-            }
-        }
-    }
-    out
 }
 
 /// The versions in an order's status history.
@@ -122,27 +82,33 @@ async fn ingest_writer_stores_each_event_once_and_the_newest_order_through_kill_
     let opts = mixed(51);
     let count = 12_000;
     f.produce(opts.clone(), count, None).await;
-    let want = expected(&opts, count);
+    let want = f.expected("").await;
+    let order_records = f.all_offsets().iter().filter(|c| c.0 == f.orders).count();
     let d = db(&f.database).await;
 
     let mut member = run_through_a_kill_9(&f, "ingest-writer", EVENTS, 1_000).await;
 
-    // events: exactly the distinct (tenant, event_id)s, each with its retention and version.
+    // events: exactly the distinct (tenant, event_id)s, each as first published; orders: the
+    // newest version of each (`pipelinectl verify`'s check).
+    assert_clean(&check_ingest(&want, &d).await.expect("read events and orders"));
+    // The check can fail: an event gone, one too many.
     let events = all(&d, EVENTS, doc! {}).await;
-    let stored: BTreeSet<(String, String)> = events
-        .iter()
-        .map(|e| {
-            (
-                text(e, "tenant_id").to_owned(),
-                text(e, "event_id").to_owned(),
-            )
-        })
-        .collect();
-    assert_eq!(events.len(), stored.len());
-    assert_eq!(
-        stored, want.events,
-        "stored events differ from the stream's"
-    );
+    let coll = d.collection::<Document>(EVENTS);
+    coll.delete_one(doc! {"_id": events[0].get("_id").expect("_id").clone()})
+        .await
+        .expect("delete");
+    let mut stray = events[0].clone();
+    stray.insert("_id", doc! {"tenant_id": "nobody", "event_id": "stray"});
+    stray.insert("tenant_id", "nobody");
+    stray.insert("event_id", "stray");
+    coll.insert_one(&stray).await.expect("insert");
+    let rows = check_ingest(&want, &d).await.expect("read");
+    assert_eq!((rows[0].missing, rows[0].extra, rows[0].wrong), (1, 1, 0), "{rows:?}");
+    coll.delete_one(doc! {"_id": stray.get("_id").expect("_id").clone()})
+        .await
+        .expect("delete");
+    coll.insert_one(&events[0]).await.expect("insert");
+
     let now = DateTime::now();
     let mut versions = BTreeMap::<i64, usize>::new();
     for e in &events {
@@ -195,9 +161,8 @@ async fn ingest_writer_stores_each_event_once_and_the_newest_order_through_kill_
         .await
         .unwrap_or_default();
     assert!(
-        stale > 0.0 && stale <= want.order_records as f64,
-        "stale versions counted: {stale} of {} order records",
-        want.order_records
+        stale > 0.0 && stale <= order_records as f64,
+        "stale versions counted: {stale} of {order_records} order records"
     );
 }
 
@@ -347,12 +312,15 @@ async fn audit_chain_survives_kill_9_and_replay_and_verify_names_tampering() {
     let opts = mixed(52);
     let count = 15_000;
     f.produce(opts.clone(), count, None).await;
-    let want = expected(&opts, count);
+    let mut want: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (tenant, id) in f.expected("").await.audit {
+        want.entry(tenant).or_default().insert(id);
+    }
     let d = db(&f.database).await;
 
     let mut member = run_through_a_kill_9(&f, "audit-writer", AUDIT_LOGS, 100).await;
     let now = DateTime::now();
-    for (tenant, ids) in &want.audit {
+    for (tenant, ids) in &want {
         let entries = all(&d, AUDIT_LOGS, doc! {"tenant_id": tenant}).await;
         let stored: BTreeSet<String> = entries
             .iter()
@@ -368,7 +336,7 @@ async fn audit_chain_survives_kill_9_and_replay_and_verify_names_tampering() {
     }
     assert_eq!(
         audit_writer::tenants(&d).await.expect("mongodb").len(),
-        want.audit.len()
+        want.len()
     );
 
     // A replay from the beginning appends nothing.
@@ -389,7 +357,7 @@ async fn audit_chain_survives_kill_9_and_replay_and_verify_names_tampering() {
 
     // Tamper with three tenants' chains; the fourth stays intact.
     let mut busiest: Vec<(&String, usize)> =
-        want.audit.iter().map(|(t, ids)| (t, ids.len())).collect();
+        want.iter().map(|(t, ids)| (t, ids.len())).collect();
     busiest.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
     let [altered, removed, swapped, untouched] = [0, 1, 2, 3].map(|i| busiest[i].0.as_str());
     assert!(busiest[3].1 >= 4, "enough audit entries per tenant");

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use eventpipe_runtime::config::RegistryConfig;
 use pipelinectl::generate::Options;
+use pipelinectl::verify::{self, Expected, Row, Settings};
 use pipelinectl::produce::{self, Summary, Target};
 use pipelinectl::setup::{self, SchemaIds};
 
@@ -75,6 +77,23 @@ impl Fixture {
             .expect("produced");
         assert_eq!((summary.acked, summary.failed), (count, 0), "{summary}");
         summary
+    }
+
+    /// What the stores must hold after consuming the fixture's topics (`pipelinectl verify`'s
+    /// expectation), with Redis keys under `prefix`.
+    pub async fn expected(&self, prefix: &str) -> Expected {
+        let s = stack();
+        let mut settings = Settings::default();
+        settings.keys.prefix = prefix.to_owned();
+        let registry = RegistryConfig {
+            url: s.schema_registry_url,
+            username: None,
+            password: None,
+        };
+        let topics = [self.platform.clone(), self.orders.clone()];
+        verify::expected_from_topics(&s.kafka_bootstrap, &registry, &topics, settings)
+            .await
+            .expect("expected state from the topics")
     }
 
     /// Every offset of both source topics.
@@ -333,4 +352,13 @@ impl Drop for Member {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Panics with the rows and their examples unless every row is clean.
+pub fn assert_clean(rows: &[Row]) {
+    let report = verify::Report {
+        records: 0,
+        rows: rows.to_vec(),
+    };
+    assert!(report.is_clean(), "the stores differ from the topics:\n{report}");
 }
