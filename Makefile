@@ -52,13 +52,16 @@ test-stack-up: build
 test-stack-down:
 	$(STACK) down --name test
 
-# Unit tests and the integration tests against the real local stack.
+# Unit tests, the integration tests against the real local stack, then a CI-sized chaos run
+# (its own stack: a durable broker is restarted) judged by `pipelinectl verify`.
 test: test-stack-up
 	set -a; source target/test-stack.env; set +a; \
 	$(CARGO) test --workspace --no-fail-fast
+	$(MAKE) chaos-ci
 
 # `make run`: the whole pipeline on the local stack until Ctrl-C. Sizes can be changed:
-# `make run RUN_EVENTS=1000000 RUN_RATE=5000`.
+# `make run RUN_EVENTS=1000000 RUN_RATE=5000`. Event times are 1 ms apart and end about now, so
+# none is ahead of the clock (the aggregator sends those to `.late`).
 RUN_EVENTS ?= 100000
 RUN_RATE ?= 2000
 
@@ -69,18 +72,19 @@ run: stack-up
 	pids=(); \
 	for b in $(BINARIES); do target/debug/$$b --config pipelines/$$b.toml & pids+=($$!); done; \
 	trap 'kill -TERM "$${pids[@]}" 2>/dev/null || true; wait' EXIT; \
-	$(PIPELINECTL) produce --seed $$(date +%s) --count $(RUN_EVENTS) --rate $(RUN_RATE) --duplicates 0.01 --out-of-order 0.02 --poison 0.001; \
+	$(PIPELINECTL) produce --seed $$(date +%s) --count $(RUN_EVENTS) --rate $(RUN_RATE) --duplicates 0.01 --out-of-order 0.02 --poison 0.001 \
+	  --step-ms 1 --start-time-ms $$(( $$(date +%s%3N) - $(RUN_EVENTS) )); \
 	echo "make run: producer finished; the consumers keep running until Ctrl-C (stack: make stack-status)"; \
 	wait
 
 # Consumer runtime overhead: raw rdkafka consume+decode vs. the runtime with a no-op sink, on
-# the local stack, release build. `make bench-runtime BENCH_EVENTS=500000 BENCH_RUNS=5`.
+# the test stack (in-memory broker), release build. `make bench-runtime BENCH_EVENTS=500000 BENCH_RUNS=5`.
 BENCH_EVENTS ?= 200000
 BENCH_RUNS ?= 3
 
-bench-runtime: stack-up
+bench-runtime: test-stack-up
 	$(CARGO) build --release -p pipelinectl
-	set -a; source target/stack.env; set +a; \
+	set -a; source target/test-stack.env; set +a; \
 	target/release/pipelinectl bench runtime --events $(BENCH_EVENTS) --runs $(BENCH_RUNS)
 
 # ingest-writer end to end vs. raw batched writes of the same documents (no Kafka) and a naive
@@ -88,9 +92,9 @@ bench-runtime: stack-up
 BENCH_INGEST_EVENTS ?= 100000
 BENCH_NAIVE_EVENTS ?= 5000
 
-bench-ingest: stack-up
+bench-ingest: test-stack-up
 	$(CARGO) build --release -p pipelinectl
-	set -a; source target/stack.env; set +a; \
+	set -a; source target/test-stack.env; set +a; \
 	target/release/pipelinectl bench ingest --events $(BENCH_INGEST_EVENTS) \
 	  --naive-events $(BENCH_NAIVE_EVENTS) --runs $(BENCH_RUNS)
 
@@ -98,17 +102,17 @@ bench-ingest: stack-up
 # `make bench-cache BENCH_CACHE_EVENTS=200000`.
 BENCH_CACHE_EVENTS ?= 100000
 
-bench-cache: stack-up
+bench-cache: test-stack-up
 	$(CARGO) build --release -p pipelinectl
-	set -a; source target/stack.env; set +a; \
+	set -a; source target/test-stack.env; set +a; \
 	target/release/pipelinectl bench cache --events $(BENCH_CACHE_EVENTS) --runs $(BENCH_RUNS)
 
 # aggregator: events folded and bucket writes per second vs. raw consume+decode.
 BENCH_AGGREGATE_EVENTS ?= 200000
 
-bench-aggregate: stack-up
+bench-aggregate: test-stack-up
 	$(CARGO) build --release -p pipelinectl
-	set -a; source target/stack.env; set +a; \
+	set -a; source target/test-stack.env; set +a; \
 	target/release/pipelinectl bench aggregate --events $(BENCH_AGGREGATE_EVENTS) --runs $(BENCH_RUNS)
 
 # `make chaos`: the four binaries (release build, 2 members each) on their own stack (durable

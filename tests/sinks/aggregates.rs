@@ -65,8 +65,14 @@ async fn buckets_equal_the_oracle_and_a_replay_changes_nothing() {
         .update_one(doc! {}, doc! {"$inc": {"count": 1_i64}})
         .await
         .expect("tamper");
-    let rows = check_aggregates(&f.expected("").await, &d).await.expect("read");
-    assert_eq!((rows[0].wrong, rows[0].missing, rows[0].extra), (1, 0, 0), "{rows:?}");
+    let rows = check_aggregates(&f.expected("").await, &d)
+        .await
+        .expect("read");
+    assert_eq!(
+        (rows[0].wrong, rows[0].missing, rows[0].extra),
+        (1, 0, 0),
+        "{rows:?}"
+    );
     d.collection::<Document>(EVENT_AGGREGATES)
         .update_one(doc! {}, doc! {"$inc": {"count": -1_i64}})
         .await
@@ -117,9 +123,15 @@ async fn late_and_future_events_go_to_the_late_topic_not_into_buckets() {
     for t in f.topics() {
         let late: BTreeMap<_, _> = want.late.iter().filter(|(at, _)| at.0 == t).collect();
         let late: BTreeMap<_, _> = late.into_iter().map(|(a, r)| (a.clone(), *r)).collect();
-        let row = check_diverted("late", &stack().kafka_bootstrap, &format!("{t}.late"), &late, &consumer)
-            .await
-            .expect("read the late topic");
+        let row = check_diverted(
+            "late",
+            &stack().kafka_bootstrap,
+            &format!("{t}.late"),
+            &late,
+            &consumer,
+        )
+        .await
+        .expect("read the late topic");
         assert_clean(&[row]);
     }
 

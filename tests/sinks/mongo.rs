@@ -90,7 +90,11 @@ async fn ingest_writer_stores_each_event_once_and_the_newest_order_through_kill_
 
     // events: exactly the distinct (tenant, event_id)s, each as first published; orders: the
     // newest version of each (`pipelinectl verify`'s check).
-    assert_clean(&check_ingest(&want, &d).await.expect("read events and orders"));
+    assert_clean(
+        &check_ingest(&want, &d)
+            .await
+            .expect("read events and orders"),
+    );
     // The check can fail: an event gone, one too many.
     let events = all(&d, EVENTS, doc! {}).await;
     let coll = d.collection::<Document>(EVENTS);
@@ -103,7 +107,11 @@ async fn ingest_writer_stores_each_event_once_and_the_newest_order_through_kill_
     stray.insert("event_id", "stray");
     coll.insert_one(&stray).await.expect("insert");
     let rows = check_ingest(&want, &d).await.expect("read");
-    assert_eq!((rows[0].missing, rows[0].extra, rows[0].wrong), (1, 1, 0), "{rows:?}");
+    assert_eq!(
+        (rows[0].missing, rows[0].extra, rows[0].wrong),
+        (1, 1, 0),
+        "{rows:?}"
+    );
     coll.delete_one(doc! {"_id": stray.get("_id").expect("_id").clone()})
         .await
         .expect("delete");
@@ -356,8 +364,7 @@ async fn audit_chain_survives_kill_9_and_replay_and_verify_names_tampering() {
     assert_eq!(before, after, "a replay changed the audit log");
 
     // Tamper with three tenants' chains; the fourth stays intact.
-    let mut busiest: Vec<(&String, usize)> =
-        want.iter().map(|(t, ids)| (t, ids.len())).collect();
+    let mut busiest: Vec<(&String, usize)> = want.iter().map(|(t, ids)| (t, ids.len())).collect();
     busiest.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
     let [altered, removed, swapped, untouched] = [0, 1, 2, 3].map(|i| busiest[i].0.as_str());
     assert!(busiest[3].1 >= 4, "enough audit entries per tenant");

@@ -12,11 +12,11 @@ use eventpipe_stores::RedisConfig;
 use eventpipe_tests::pipeline::{assert_clean, workspace_binary, Fixture};
 use eventpipe_tests::records::{order, platform, record};
 use eventpipe_tests::redis::{client, master_of, masters, snapshot};
-use pipelinectl::verify::stores::check_cache;
 use eventpipe_tests::{stack, unique};
 use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand};
 use pipelinectl::generate::Options;
+use pipelinectl::verify::stores::check_cache;
 
 const CAUGHT_UP: Duration = Duration::from_secs(180);
 
@@ -74,7 +74,10 @@ async fn the_cache_equals_the_oracle_and_a_replay_changes_nothing() {
         want.counters.keys().next().expect("a counters key").clone(),
         want.timelines.keys().next().expect("a timeline").clone(),
     );
-    let _: i64 = redis.hincrby(&counter, "page.view", 1).await.expect("HINCRBY");
+    let _: i64 = redis
+        .hincrby(&counter, "page.view", 1)
+        .await
+        .expect("HINCRBY");
     let _: i64 = redis.del(&timeline).await.expect("DEL");
     let stray = format!("{prefix}{}", cache_updater::keys::order("acme", "stray"));
     let _: () = redis.hset(&stray, ("version", "1")).await.expect("HSET");
@@ -86,7 +89,10 @@ async fn the_cache_equals_the_oracle_and_a_replay_changes_nothing() {
     assert_eq!(by_store["redis counters"], (0, 0, 1), "{rows:?}");
     assert_eq!(by_store["redis timelines"], (1, 0, 0), "{rows:?}");
     assert_eq!(by_store["redis orders"], (0, 1, 0), "{rows:?}");
-    let _: i64 = redis.hincrby(&counter, "page.view", -1).await.expect("HINCRBY");
+    let _: i64 = redis
+        .hincrby(&counter, "page.view", -1)
+        .await
+        .expect("HINCRBY");
     let _: i64 = redis.del(&stray).await.expect("DEL");
     let stale = first
         .metric_sum(cache_updater::STALE_SKIPPED, &["kind=\"order\""])

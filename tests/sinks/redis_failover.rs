@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use eventpipe_tests::pipeline::{assert_clean, workspace_binary, Fixture};
 use eventpipe_tests::redis::{client, cluster_healthy, master_of, masters, stack_spec};
-use pipelinectl::verify::stores::check_cache;
 use eventpipe_tests::{stack, unique, wait_for};
 use local_stack::services::{self, Service};
 use pipelinectl::generate::Options;
+use pipelinectl::verify::stores::check_cache;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_dies_mid_stream_and_the_cache_still_matches_the_oracle() {

@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use eventpipe_runtime::config::RegistryConfig;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use eventpipe_runtime::config::RegistryConfig;
 use pipelinectl::generate::Options;
-use pipelinectl::verify::{self, Expected, Row, Settings};
 use pipelinectl::produce::{self, Summary, Target};
 use pipelinectl::setup::{self, SchemaIds};
+use pipelinectl::verify::{self, Expected, Row, Settings};
 
 use crate::kafka::{committed_offsets, high_watermarks};
 use crate::{database, group, stack, topic, wait_for};
@@ -360,5 +360,8 @@ pub fn assert_clean(rows: &[Row]) {
         records: 0,
         rows: rows.to_vec(),
     };
-    assert!(report.is_clean(), "the stores differ from the topics:\n{report}");
+    assert!(
+        report.is_clean(),
+        "the stores differ from the topics:\n{report}"
+    );
 }

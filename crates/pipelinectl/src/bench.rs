@@ -290,6 +290,17 @@ async fn runtime_rate<S: Sink>(
         .rate)
 }
 
+/// Drops the database of `config` (a benchmark's scratch database).
+async fn drop_database(config: &eventpipe_stores::MongoConfig) -> Result<(), String> {
+    config
+        .connect("bench")
+        .await
+        .map_err(|e| e.to_string())?
+        .drop()
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// What [`runtime_run`] measured.
 struct Run {
     rate: f64,

@@ -72,17 +72,24 @@ enum Cmd {
     Chaos(ChaosArgs),
 }
 
+/// Every service of a stack: Kafka and the registry, MongoDB, the Redis Cluster.
 #[derive(Args)]
-struct ChaosArgs {
+struct Services {
     #[command(flatten)]
     endpoints: Endpoints,
     #[command(flatten)]
     mongo: MongoUri,
     #[command(flatten)]
     redis: RedisNodes,
+}
+
+#[derive(Args)]
+struct ChaosArgs {
+    #[command(flatten)]
+    stack: Services,
     /// The local stack whose services are restarted (`stack ... --name`).
-    #[arg(long, default_value = "chaos")]
-    stack: String,
+    #[arg(long = "stack", default_value = "chaos")]
+    stack_name: String,
     /// Directory of the binaries' config files.
     #[arg(long, default_value = "pipelines")]
     pipelines: std::path::PathBuf,
@@ -226,13 +233,10 @@ enum AuditCmd {
 #[derive(Args)]
 struct BenchAll {
     #[command(flatten)]
-    endpoints: Endpoints,
-    #[command(flatten)]
-    mongo: MongoUri,
-    #[command(flatten)]
-    redis: RedisNodes,
-    /// Records in each throughput benchmark's backlog.
-    #[arg(long, default_value_t = 100_000)]
+    stack: Services,
+    /// Records in each throughput benchmark's backlog (fewer make the runtime's start-up
+    /// weigh on its rate).
+    #[arg(long, default_value_t = 200_000)]
     events: u64,
     /// Records the naive consumer handles per run.
     #[arg(long, default_value_t = 5_000)]
@@ -503,9 +507,9 @@ async fn execute(cmd: Cmd) -> Result<(), String> {
         Cmd::Bench(BenchCmd::All(a)) => {
             let _metrics = eventpipe_runtime::telemetry::install_metrics_recorder()?;
             let report = pipelinectl::bench::report::all(&pipelinectl::bench::report::AllArgs {
-                bench: bench_args(a.endpoints, a.events, a.runs),
-                mongodb_uri: a.mongo.mongodb_uri,
-                redis_nodes: a.redis.redis_nodes,
+                bench: bench_args(a.stack.endpoints, a.events, a.runs),
+                mongodb_uri: a.stack.mongo.mongodb_uri,
+                redis_nodes: a.stack.redis.redis_nodes,
                 naive_events: a.naive_events,
                 rss_events: a.rss_events,
                 rss_window: std::time::Duration::from_secs(a.rss_window_s),
@@ -534,12 +538,12 @@ async fn execute(cmd: Cmd) -> Result<(), String> {
         }
         Cmd::Chaos(a) => {
             let outcome = pipelinectl::chaos::run(pipelinectl::chaos::ChaosOptions {
-                stack: a.stack,
+                stack: a.stack_name,
                 endpoints: pipelinectl::chaos::Endpoints {
-                    bootstrap: a.endpoints.bootstrap_servers,
-                    registry: a.endpoints.schema_registry,
-                    mongodb_uri: a.mongo.mongodb_uri,
-                    redis_nodes: a.redis.redis_nodes,
+                    bootstrap: a.stack.endpoints.bootstrap_servers,
+                    registry: a.stack.endpoints.schema_registry,
+                    mongodb_uri: a.stack.mongo.mongodb_uri,
+                    redis_nodes: a.stack.redis.redis_nodes,
                 },
                 pipelines: a.pipelines,
                 bin_dir: pipelinectl::chaos::own_dir()?,

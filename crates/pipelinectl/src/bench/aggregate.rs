@@ -18,7 +18,8 @@ use eventpipe_stores::MongoConfig;
 
 use super::runtime::raw_rate;
 use super::{
-    backlog, cores, ratio, recent_stream, runtime_rate, table, unique, BenchArgs, Section, Series,
+    backlog, cores, drop_database, ratio, recent_stream, runtime_rate, table, unique, BenchArgs,
+    Section, Series,
 };
 
 pub struct AggregateArgs {
@@ -52,13 +53,7 @@ pub async fn aggregate(args: &AggregateArgs) -> Result<Section, String> {
         let f = runtime_rate(&args.bench, &topics, sink.clone(), total, window.clone()).await?;
         let statements = sink.statements.load(Ordering::Relaxed) as f64;
         let w = statements / (total as f64 / f);
-        config
-            .connect("bench")
-            .await
-            .map_err(|e| e.to_string())?
-            .drop()
-            .await
-            .map_err(|e| e.to_string())?;
+        drop_database(&config).await?;
         eprintln!("run {run}: aggregator {f:.0} events/s, {w:.0} writes/s");
         folded.rates.push(f);
         writes.rates.push(w);

@@ -17,6 +17,7 @@ use aggregator::AggregatorSink;
 use audit_writer::AuditSink;
 use cache_updater::CacheSink;
 use eventpipe_runtime::config::BatchConfig;
+use eventpipe_runtime::sink::{Sink, SinkError};
 use eventpipe_stores::{MongoConfig, RedisConfig};
 use ingest_writer::IngestSink;
 
@@ -24,8 +25,8 @@ use super::aggregate::AggregateArgs;
 use super::cache::CacheArgs;
 use super::ingest::IngestArgs;
 use super::{
-    backlog, cores, median, percentile, recent_stream, runtime_run, topics_for, unique, BenchArgs,
-    Ratio, Section,
+    backlog, cores, drop_database, median, percentile, recent_stream, runtime_run, topics_for,
+    unique, BenchArgs, Ratio, Section,
 };
 use crate::chaos::{environment, spawn_member, BINARIES};
 use crate::produce::{self, Target};
@@ -228,16 +229,6 @@ async fn audit_rate(args: &AllArgs) -> Result<f64, String> {
     Ok(median(&rates))
 }
 
-async fn drop_database(config: &MongoConfig) -> Result<(), String> {
-    config
-        .connect("bench")
-        .await
-        .map_err(|e| e.to_string())?
-        .drop()
-        .await
-        .map_err(|e| e.to_string())
-}
-
 /// Publishes at half of `max_rate` for `latency_seconds` while `binary`'s sink consumes.
 async fn latency(
     args: &AllArgs,
@@ -283,62 +274,22 @@ async fn latency(
     let mongo = MongoConfig::new(&args.mongodb_uri, &database);
     let run = match binary {
         "ingest-writer" => {
-            let sink = IngestSink::connect(&mongo)
-                .await
-                .map_err(|e| e.to_string())?;
-            runtime_run(
-                &b,
-                &sources,
-                sink,
-                expected,
-                pipelines.ingest.batch.clone(),
-                true,
-            )
-            .await?
+            let sink = IngestSink::connect(&mongo).await;
+            timed(&b, &sources, sink, expected, &pipelines.ingest.batch).await?
         }
         "audit-writer" => {
-            let sink = AuditSink::connect(&mongo)
-                .await
-                .map_err(|e| e.to_string())?;
-            runtime_run(
-                &b,
-                &sources,
-                sink,
-                expected,
-                pipelines.audit.batch.clone(),
-                true,
-            )
-            .await?
+            let sink = AuditSink::connect(&mongo).await;
+            timed(&b, &sources, sink, expected, &pipelines.audit.batch).await?
         }
         "aggregator" => {
-            let sink = AggregatorSink::connect(&mongo)
-                .await
-                .map_err(|e| e.to_string())?;
-            runtime_run(
-                &b,
-                &sources,
-                sink,
-                expected,
-                pipelines.aggregator.batch.clone(),
-                true,
-            )
-            .await?
+            let sink = AggregatorSink::connect(&mongo).await;
+            timed(&b, &sources, sink, expected, &pipelines.aggregator.batch).await?
         }
         _ => {
             let mut config = RedisConfig::new(args.redis_nodes.clone());
             config.keys.prefix = format!("{database}:");
-            let sink = CacheSink::connect(&config)
-                .await
-                .map_err(|e| e.to_string())?;
-            runtime_run(
-                &b,
-                &sources,
-                sink,
-                expected,
-                pipelines.cache.batch.clone(),
-                true,
-            )
-            .await?
+            let sink = CacheSink::connect(&config).await;
+            timed(&b, &sources, sink, expected, &pipelines.cache.batch).await?
         }
     };
     let summary = producer
@@ -365,6 +316,18 @@ async fn latency(
         p50_ms: percentile(&l, 0.5),
         p99_ms: percentile(&l, 0.99),
     })
+}
+
+/// The runtime with `sink` until `expected` records are written, recording their latencies.
+async fn timed<S: Sink>(
+    b: &BenchArgs,
+    sources: &[String],
+    sink: Result<S, SinkError>,
+    expected: u64,
+    batch: &BatchConfig,
+) -> Result<super::Run, String> {
+    let sink = sink.map_err(|e| e.to_string())?;
+    runtime_run(b, sources, sink, expected, batch.clone(), true).await
 }
 
 /// Each shipped binary, alone, against a backlog of `rss_events` records.

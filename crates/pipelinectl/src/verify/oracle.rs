@@ -98,13 +98,14 @@ pub struct Expected {
     pub expiring: HashSet<String>,
 }
 
-/// A digest of the fields an `events` document carries from the event itself, in document
-/// order; ingestion metadata (`_id`, schema, retention, expiry, source) is left out, so the
-/// stored document and `stores::docs::event_body` of the expected event digest alike.
+/// A digest of the fields an `events` document carries from the event itself (the same fields
+/// the audit log hashes), in document order; ingestion metadata (`_id`, schema, retention,
+/// expiry, source) is left out, so the stored document and `stores::docs::event_body` of the
+/// expected event digest alike.
 pub fn body_digest(d: &Document) -> u64 {
     let mut h = DefaultHasher::new();
     for (k, v) in d {
-        if BODY_FIELDS.contains(&k.as_str()) {
+        if audit_writer::CONTENT_FIELDS.contains(&k.as_str()) {
             k.hash(&mut h);
             bson::serialize_to_vec(&bson::doc! {"v": v})
                 .unwrap_or_default()
@@ -113,18 +114,6 @@ pub fn body_digest(d: &Document) -> u64 {
     }
     h.finish()
 }
-
-const BODY_FIELDS: &[&str] = &[
-    "tenant_id",
-    "event_id",
-    "event_type",
-    "event_time",
-    "actor",
-    "context",
-    "payload",
-    "compliance_required",
-    "severity",
-];
 
 impl Expected {
     pub fn new(settings: Settings) -> Self {
