@@ -23,7 +23,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use bson::{doc, Bson, DateTime, Document};
+use bson::raw::cstr;
+use bson::{doc, Bson, DateTime, Document, RawArrayBuf, RawDocumentBuf};
 use eventpipe_events::{AnyEvent, OrderEvent, PlatformEvent};
 use eventpipe_runtime::sink::{Outcome, Record, Sink, SinkError};
 use eventpipe_stores::mongo::{self, Failure, MongoConfig, DUPLICATE_KEY};
@@ -564,7 +565,11 @@ impl AggregatorSink {
 
     /// Sends `statements` to `collection` in unordered `update` commands; statements that lost
     /// an upsert race on a new bucket are sent again (the second time the bucket exists).
-    async fn update(&self, collection: &str, statements: Vec<Document>) -> Result<(), SinkError> {
+    async fn update(
+        &self,
+        collection: &str,
+        statements: Vec<RawDocumentBuf>,
+    ) -> Result<(), SinkError> {
         let mut pending = statements;
         for _ in 0..=UPSERT_RACE_RETRIES {
             if pending.is_empty() {
@@ -576,13 +581,13 @@ impl AggregatorSink {
                     .fetch_add(part.len() as u64, Ordering::Relaxed);
                 counter!(STATEMENTS, "collection" => collection.to_owned())
                     .increment(part.len() as u64);
-                let command = doc! {
+                let mut command = encode(doc! {
                     "update": collection,
-                    "updates": part.iter().cloned().map(Bson::Document).collect::<Vec<_>>(),
                     "ordered": false,
                     "writeConcern": self.write_concern.clone(),
-                };
-                let reply = mongo::run_write(&self.db, command)
+                })?;
+                command.append(cstr!("updates"), part.iter().collect::<RawArrayBuf>());
+                let reply = mongo::run_raw_write(&self.db, command)
                     .await
                     .map_err(|f| match f {
                         // A refused bucket update is a bug here, not bad input: retrying keeps
@@ -613,6 +618,14 @@ impl AggregatorSink {
     }
 }
 
+/// A statement as BSON bytes. The pipeline-update trees are many times larger in memory than
+/// encoded (an HLL merge alone is hundreds of small documents), so each is encoded as soon as it
+/// is built and a batch's statements are held as bytes.
+fn encode(statement: Document) -> Result<RawDocumentBuf, SinkError> {
+    RawDocumentBuf::try_from(&statement)
+        .map_err(|e| SinkError::transient("bson_encode", format!("encoding a statement: {e}")))
+}
+
 impl Sink for AggregatorSink {
     const DIVERTS_LATE: bool = true;
 
@@ -627,16 +640,16 @@ impl Sink for AggregatorSink {
         let days = i64::from(self.config.retention.aggregates_days) * DAY_MS;
         let expires = |start: i64| DateTime::from_millis(start.saturating_add(days));
 
-        let events: Vec<Document> = folded
+        let events = folded
             .events
             .iter()
-            .map(|(k, b)| event_statement(k, b, &source, expires(k.4)))
-            .collect();
-        let orders: Vec<Document> = folded
+            .map(|(k, b)| encode(event_statement(k, b, &source, expires(k.4))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let orders = folded
             .orders
             .iter()
-            .map(|(k, b)| order_statement(k, b, &source, expires(k.3)))
-            .collect();
+            .map(|(k, b)| encode(order_statement(k, b, &source, expires(k.3))))
+            .collect::<Result<Vec<_>, _>>()?;
         self.update(EVENT_AGGREGATES, events).await?;
         self.update(ORDER_AGGREGATES, orders).await?;
         self.save_watermark(&source, folded.watermark).await?;

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bson::{doc, Bson, Document};
+use bson::{doc, Bson, Document, RawDocumentBuf};
 use eventpipe_runtime::config::{redact_url, Invalid, Validate};
 use eventpipe_runtime::sink::SinkError;
 use mongodb::error::{Error, ErrorKind};
@@ -418,6 +418,20 @@ pub struct WriteReply {
 /// since they are idempotent the batch is sent again.
 pub async fn run_write(db: &Database, command: Document) -> Result<WriteReply, Failure> {
     let reply = db.run_command(command).await.map_err(|e| classify(&e))?;
+    split_reply(&reply)
+}
+
+/// [`run_write`] for a command already encoded as BSON: long statement lists are held as
+/// bytes rather than as document trees, which take many times the memory.
+pub async fn run_raw_write(db: &Database, command: RawDocumentBuf) -> Result<WriteReply, Failure> {
+    let reply = db
+        .run_raw_command(command)
+        .await
+        .map_err(|e| classify(&e))?;
+    split_reply(&reply)
+}
+
+fn split_reply(reply: &Document) -> Result<WriteReply, Failure> {
     if let Ok(wce) = reply.get_document("writeConcernError") {
         return Err(Failure::Transient {
             reason: "mongodb_write_concern",
