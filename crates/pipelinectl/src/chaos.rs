@@ -210,6 +210,17 @@ impl Run {
         }
     }
 
+    /// `stack restart <service>`: stops it, starts it and waits until it is healthy.
+    fn restart(&mut self, service: &str) -> Result<(), String> {
+        let t = Instant::now();
+        self.stack(&["restart", service])?;
+        self.log(format!(
+            "{service} restarted ({:.1} s)",
+            t.elapsed().as_secs_f64()
+        ));
+        Ok(())
+    }
+
     async fn apply(&mut self, fault: Fault, rng: &mut Xoshiro256PlusPlus) -> Result<(), String> {
         self.done[fault as usize] += 1;
         match fault {
@@ -222,22 +233,8 @@ impl Run {
                 self.members[i] = self.spawn(binary, slot)?;
                 self.log(format!("kill -9 {name}, started again"));
             }
-            Fault::RestartBroker => {
-                let t = Instant::now();
-                self.stack(&["restart", "broker"])?;
-                self.log(format!(
-                    "broker restarted ({:.1} s)",
-                    t.elapsed().as_secs_f64()
-                ));
-            }
-            Fault::RestartMongod => {
-                let t = Instant::now();
-                self.stack(&["restart", "mongod"])?;
-                self.log(format!(
-                    "mongod restarted ({:.1} s)",
-                    t.elapsed().as_secs_f64()
-                ));
-            }
+            Fault::RestartBroker => self.restart("broker")?,
+            Fault::RestartMongod => self.restart("mongod")?,
             Fault::KillRedisMaster => {
                 let master = self
                     .opts

@@ -276,6 +276,14 @@ async fn scan(client: &Client, pattern: String) -> Result<Vec<String>, String> {
 }
 
 /// Reads every key under `pattern` with `read`, 64 at a time.
+/// Every hash whose key matches `pattern`, with its fields.
+async fn read_hashes(
+    client: &Client,
+    pattern: String,
+) -> Result<HashMap<String, HashMap<String, String>>, String> {
+    read_keys(client, pattern, |c, k| async move { c.hgetall(k).await }).await
+}
+
 async fn read_keys<T, F, Fut>(
     client: &Client,
     pattern: String,
@@ -355,11 +363,7 @@ pub async fn check_cache(want: &Expected, client: &Client) -> Result<Vec<Row>, S
         },
     ));
 
-    let sessions: HashMap<String, HashMap<String, String>> =
-        read_keys(client, format!("{prefix}sess:*"), |c, k| async move {
-            c.hgetall(k).await
-        })
-        .await?;
+    let sessions = read_hashes(client, format!("{prefix}sess:*")).await?;
     rows.push(diff(
         "redis sessions",
         &want.sessions,
@@ -376,11 +380,7 @@ pub async fn check_cache(want: &Expected, client: &Client) -> Result<Vec<Row>, S
         },
     ));
 
-    let orders: HashMap<String, HashMap<String, String>> =
-        read_keys(client, format!("{prefix}ord:*"), |c, k| async move {
-            c.hgetall(k).await
-        })
-        .await?;
+    let orders = read_hashes(client, format!("{prefix}ord:*")).await?;
     rows.push(diff(
         "redis orders",
         &want.cache_orders,
