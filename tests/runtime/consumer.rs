@@ -333,6 +333,60 @@ pause_after_ms = 500
     );
 }
 
+async fn assigned(p: &Probe) -> Option<f64> {
+    p.metric_sum("eventpipe_assigned_partitions", &[]).await
+}
+
+/// librdkafka keeps an application's pause across rebalances: partitions a member paused
+/// (stalled writes) and lost to another member must be fetched again when they come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_paused_when_revoked_flow_again_when_they_come_back() {
+    let f = Fixture::new().await;
+    let stall = f.dir.path().join("stall");
+    std::fs::write(&stall, "").expect("stall file");
+    f.produce(plain(25), 6_000, None).await;
+    let extra = format!(
+        "stall_file = \"{}\"\n\n[flow]\npause_after_ms = 500\n",
+        stall.display()
+    );
+    let a = f.start("a", &extra);
+    wait_for(
+        "every partition of a paused by its stalled write",
+        Duration::from_secs(60),
+        || async { (a.metric_sum("eventpipe_paused_partitions", &[]).await? == 6.0).then_some(()) },
+    )
+    .await;
+    let mut b = f.start("b", "");
+    wait_for(
+        "b to take some of a's paused partitions",
+        Duration::from_secs(60),
+        || async {
+            let (x, y) = (assigned(&a).await?, assigned(&b).await?);
+            (y > 0.0 && x + y == 6.0).then_some(())
+        },
+    )
+    .await;
+    std::fs::remove_file(&stall).expect("release the stall");
+    let (status, _) = b.terminate(Duration::from_secs(30)).await;
+    assert!(status.success(), "b left cleanly: {status}");
+    wait_for(
+        "a to hold every partition again",
+        Duration::from_secs(60),
+        || async { (assigned(&a).await? == 6.0).then_some(()) },
+    )
+    .await;
+    f.produce(plain(26), 6_000, None).await;
+    f.wait_caught_up(Duration::from_secs(90)).await;
+
+    let mut all = a.written();
+    all.extend(b.written());
+    assert_eq!(
+        all.iter().cloned().collect::<BTreeSet<_>>(),
+        f.all_offsets(),
+        "every record written, including those of the partitions that came back"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_and_late_records_land_in_their_topics_with_headers_and_the_partition_flows() {
     let f = Fixture::new().await;

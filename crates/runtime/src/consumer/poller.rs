@@ -188,11 +188,13 @@ impl<S: Sink> PipelineContext<S> {
             return;
         };
         let mut partitions = self.partitions();
+        let mut fresh = TopicPartitionList::new();
         for e in tpl.elements() {
             let slot = partitions.entry(e.topic().to_owned()).or_default();
             if slot.contains_key(&e.partition()) {
                 continue;
             }
+            fresh.add_partition(e.topic(), e.partition());
             let Some(mut queue) = consumer.split_partition_queue(e.topic(), e.partition()) else {
                 self.shared.fatal.raise(format!(
                     "cannot split the queue of {}/{} off the consumer",
@@ -242,6 +244,14 @@ impl<S: Sink> PipelineContext<S> {
                     committed: -1,
                 },
             );
+        }
+        // In librdkafka a pause belongs to the application and outlives the assignment: a
+        // partition this member paused (a slow write) before it was revoked or lost would come
+        // back paused and never be fetched again. A new worker starts unpaused.
+        if fresh.count() > 0 {
+            if let Err(e) = consumer.resume(&fresh) {
+                tracing::warn!(error = %e, "cannot resume newly assigned partitions");
+            }
         }
         gauge!(m::ASSIGNED_PARTITIONS).set(count(&partitions) as f64);
     }
