@@ -229,17 +229,8 @@ async fn members_join_and_leave_during_the_stream_without_loss() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sink_stalled_beyond_max_poll_interval_keeps_membership_and_memory() {
     let f = Fixture::new().await;
-    let stall = f.dir.path().join("stall");
-    std::fs::write(&stall, "").expect("stall file");
+    let (stall, extra) = stalled(&f);
     f.produce(plain(23), 30_000, None).await;
-    let extra = format!(
-        r#"stall_file = "{}"
-
-[flow]
-pause_after_ms = 500
-"#,
-        stall.display()
-    );
     let mut probe = f.start("s", &extra);
     wait_for(
         "every partition paused by its stalled write",
@@ -333,6 +324,18 @@ pause_after_ms = 500
     );
 }
 
+/// A stall file, present (the probe's writes block until it is removed), and the probe
+/// config that uses it, pausing a partition after 500 ms of writing.
+fn stalled(f: &Fixture) -> (PathBuf, String) {
+    let stall = f.dir.path().join("stall");
+    std::fs::write(&stall, "").expect("stall file");
+    let extra = format!(
+        "stall_file = \"{}\"\n\n[flow]\npause_after_ms = 500\n",
+        stall.display()
+    );
+    (stall, extra)
+}
+
 async fn assigned(p: &Probe) -> Option<f64> {
     p.metric_sum("eventpipe_assigned_partitions", &[]).await
 }
@@ -342,13 +345,8 @@ async fn assigned(p: &Probe) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitions_paused_when_revoked_flow_again_when_they_come_back() {
     let f = Fixture::new().await;
-    let stall = f.dir.path().join("stall");
-    std::fs::write(&stall, "").expect("stall file");
+    let (stall, extra) = stalled(&f);
     f.produce(plain(25), 6_000, None).await;
-    let extra = format!(
-        "stall_file = \"{}\"\n\n[flow]\npause_after_ms = 500\n",
-        stall.display()
-    );
     let a = f.start("a", &extra);
     wait_for(
         "every partition of a paused by its stalled write",
