@@ -166,20 +166,6 @@ async fn members_join_and_leave_during_the_stream_without_loss() {
     };
     let a = f.start("a", "");
     let mut b = f.start("b", "");
-    let assigned = |p: &Probe| {
-        let p = p.admin_port();
-        async move {
-            let text = reqwest::get(format!("http://127.0.0.1:{p}/metrics"))
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
-            text.lines()
-                .find(|l| l.starts_with("eventpipe_assigned_partitions "))
-                .and_then(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        }
-    };
     wait_for(
         "a and b to share the partitions",
         Duration::from_secs(60),

@@ -570,6 +570,11 @@ impl AggregatorSink {
         collection: &str,
         statements: Vec<RawDocumentBuf>,
     ) -> Result<(), SinkError> {
+        let head = encode(doc! {
+            "update": collection,
+            "ordered": false,
+            "writeConcern": self.write_concern.clone(),
+        })?;
         let mut pending = statements;
         for _ in 0..=UPSERT_RACE_RETRIES {
             if pending.is_empty() {
@@ -581,11 +586,7 @@ impl AggregatorSink {
                     .fetch_add(part.len() as u64, Ordering::Relaxed);
                 counter!(STATEMENTS, "collection" => collection.to_owned())
                     .increment(part.len() as u64);
-                let mut command = encode(doc! {
-                    "update": collection,
-                    "ordered": false,
-                    "writeConcern": self.write_concern.clone(),
-                })?;
+                let mut command = head.clone();
                 command.append(cstr!("updates"), part.iter().collect::<RawArrayBuf>());
                 let reply = mongo::run_raw_write(&self.db, command)
                     .await

@@ -275,7 +275,6 @@ async fn scan(client: &Client, pattern: String) -> Result<Vec<String>, String> {
         .collect())
 }
 
-/// Reads every key under `pattern` with `read`, 64 at a time.
 /// Every hash whose key matches `pattern`, with its fields.
 async fn read_hashes(
     client: &Client,
@@ -284,6 +283,7 @@ async fn read_hashes(
     read_keys(client, pattern, |c, k| async move { c.hgetall(k).await }).await
 }
 
+/// Reads every key under `pattern` with `read`, 64 at a time.
 async fn read_keys<T, F, Fut>(
     client: &Client,
     pattern: String,
